@@ -1,0 +1,266 @@
+"""Shared fixtures: rendering each combination once, running commands, checking servers."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from template_config import BASE_ANSWERS, REPO_ROOT, Combination
+
+# Directories that tools create inside a rendered project; never part of what copier rendered.
+TOOL_DIRS = {".venv", ".git", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
+
+POSTGRES_DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_DEFAULT_URL = "redis://127.0.0.1:6379/0"
+START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+START_REDIS = 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no'
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def project_env(combo: Combination | None = None, **extra: str) -> dict[str, str]:
+    """Environment for commands run inside a generated project.
+
+    Everything is passed through (CI included) except what would point uv at this repository's
+    own virtualenv. TEST_DATABASE_URL / TEST_REDIS_URL are passed only to combinations that use
+    that kind of server, so a PostgreSQL URL never reaches a SQLite project.
+    """
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTHONHOME", "PYTHONPATH"}
+    }
+    if combo is not None:
+        env["UV_PYTHON"] = combo.answers.get("python_version", "3.11")
+        if combo.database != "postgresql" or not env.get("TEST_DATABASE_URL", "").startswith(
+            "postgres"
+        ):
+            env.pop("TEST_DATABASE_URL", None)
+        if combo.cache_backend != "redis":
+            env.pop("TEST_REDIS_URL", None)
+    env.update(extra)
+    return env
+
+
+def run(
+    cmd: Sequence[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command, capture stdout and stderr together, never raise on a non-zero exit."""
+    try:
+        return subprocess.run(
+            list(cmd),
+            cwd=cwd,
+            env=env if env is not None else project_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        output = exc.output.decode() if isinstance(exc.output, bytes) else exc.output or ""
+        pytest.fail(f"`{shlex.join(cmd)}` timed out after {timeout:.0f} s in {cwd}\n{output}")
+
+
+def run_ok(
+    cmd: Sequence[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+) -> str:
+    """Run a command and fail the test with its output unless it exits 0."""
+    started = time.perf_counter()
+    result = run(cmd, cwd, env, timeout)
+    if result.returncode != 0:
+        pytest.fail(
+            f"`{shlex.join(cmd)}` exited {result.returncode} after "
+            f"{time.perf_counter() - started:.1f} s in {cwd}\n{result.stdout}",
+            pytrace=False,
+        )
+    return result.stdout
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def _postgres_answers(host: str, port: int) -> bool:
+    """Send PostgreSQL's SSLRequest; a PostgreSQL server answers with one byte, S or N."""
+    with socket.create_connection((host, port), timeout=2) as sock:
+        sock.settimeout(2)
+        sock.sendall(struct.pack("!ii", 8, 80877103))
+        return sock.recv(1) in {b"S", b"N"}
+
+
+def _redis_answers(host: str, port: int) -> bool:
+    with socket.create_connection((host, port), timeout=2) as sock:
+        sock.settimeout(2)
+        sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+        reply = sock.recv(64)
+        # +PONG, or -NOAUTH when a password is needed: either way a Redis server is there.
+        return reply.startswith((b"+PONG", b"-NOAUTH"))
+
+
+@dataclass
+class Servers:
+    """Checks, once per session, that the servers a combination's tests need are reachable."""
+
+    _seen: dict[str, str | None] = field(default_factory=dict)
+
+    def _check(self, name: str, url: str, probe: Callable[[str, int], bool], start: str) -> None:
+        if name not in self._seen:
+            parts = urlsplit(url)
+            host = parts.hostname or "127.0.0.1"
+            port = parts.port or (5432 if name == "PostgreSQL" else 6379)
+            if parts.password:
+                url = url.replace(f":{parts.password}@", ":***@", 1)
+            try:
+                ok = probe(host, port)
+            except OSError:
+                ok = False
+            self._seen[name] = (
+                None
+                if ok
+                else (
+                    f"{name} is not reachable at {host}:{port} ({url}).\n"
+                    f"Start it with:  {start}\n(or run .ci/run, which starts it)"
+                )
+            )
+        problem = self._seen[name]
+        if problem is not None:
+            if in_ci():
+                pytest.fail(problem, pytrace=False)
+            pytest.skip(problem)
+
+    def require(self, combo: Combination) -> None:
+        if combo.database == "postgresql":
+            url = os.environ.get("TEST_DATABASE_URL", "")
+            if not url.startswith("postgres"):
+                url = POSTGRES_DEFAULT_URL
+            self._check("PostgreSQL", url, _postgres_answers, START_POSTGRES)
+        if combo.cache_backend == "redis":
+            url = os.environ.get("TEST_REDIS_URL") or REDIS_DEFAULT_URL
+            self._check("Redis", url, _redis_answers, START_REDIS)
+
+
+@pytest.fixture(scope="session")
+def servers() -> Servers:
+    return Servers()
+
+
+# --------------------------------------------------------------------------- rendering
+
+# Cheap tests first: a broken question or template shows up in seconds, not after the installs.
+MODULE_ORDER = ("test_questions.py", "test_render.py", "test_generated.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return MODULE_ORDER.index(name) if name in MODULE_ORDER else len(MODULE_ORDER)
+
+    items.sort(key=rank)  # stable: keeps the order inside each module
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-copie renders `--template` (default: the current directory); make a run started
+    # from a sub-directory still render this repository.
+    template = getattr(config.option, "template", None)
+    if template is not None and not (Path(template) / "copier.yml").is_file():
+        config.option.template = str(REPO_ROOT)
+
+
+@dataclass
+class Rendered:
+    combo: Combination
+    project_dir: Path
+    answers: dict[str, object]
+    # Files as copier left them (tasks included), before any test ran a tool in the project.
+    files: list[Path] = field(repr=False)
+    # None until `uv sync` ran; then "" when it succeeded, else the failure message.
+    sync_error: str | None = None
+
+    @property
+    def slug(self) -> str:
+        return str(self.answers["project_slug"])
+
+
+def rendered_files(project_dir: Path) -> list[Path]:
+    return sorted(
+        path
+        for path in project_dir.rglob("*")
+        if path.is_file() and not TOOL_DIRS.intersection(path.relative_to(project_dir).parts)
+    )
+
+
+@pytest.fixture(scope="session")
+def render(copie_session) -> Callable[[Combination], Rendered]:
+    """Render a combination once per session (the working tree, uncommitted edits included).
+
+    pytest-copie's `copy()` renders with vcs_ref="HEAD": copier clones the repository and, when
+    the working tree is dirty, commits every tracked and untracked (not ignored) file into that
+    clone first, so what is rendered is what is on disk.
+    """
+    cache: dict[Combination, Rendered | str] = {}
+
+    def _render(combo: Combination) -> Rendered:
+        if combo not in cache:
+            result = copie_session.copy(extra_answers={**BASE_ANSWERS, **combo.answers})
+            if result.exception is not None or result.exit_code != 0 or not result.project_dir:
+                cache[combo] = f"copier could not render {combo.id}: {result.exception!r}"
+            else:
+                answers = {key: str(value) for key, value in result.answers.items()}
+                cache[combo] = Rendered(
+                    combo=Combination({**answers, **combo.answers}),
+                    project_dir=result.project_dir,
+                    answers=result.answers,
+                    files=rendered_files(result.project_dir),
+                )
+        project = cache[combo]
+        if isinstance(project, str):
+            pytest.fail(project, pytrace=False)
+        return project
+
+    return _render
+
+
+@pytest.fixture(scope="session")
+def synced(render) -> Callable[[Combination], Rendered]:
+    """A rendered combination whose own environment is installed with `uv sync`."""
+
+    def _synced(combo: Combination) -> Rendered:
+        project = render(combo)
+        if project.sync_error is None:
+            project.sync_error = "(uv sync failed)"
+            try:
+                run_ok(["uv", "sync"], project.project_dir, project_env(project.combo))
+            except pytest.fail.Exception as exc:
+                project.sync_error = str(exc).splitlines()[0]
+                raise
+            project.sync_error = ""
+        if project.sync_error:
+            pytest.fail(
+                f"{project.sync_error} (earlier; the first test that needed it shows the output)",
+                pytrace=False,
+            )
+        return project
+
+    return _synced

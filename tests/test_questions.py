@@ -1,0 +1,101 @@
+"""copier.yml's validators and computed defaults, through copier's own API.
+
+Renders the working tree (vcs_ref="HEAD" makes copier include uncommitted edits) in pretend mode:
+answers are computed and validated, nothing is written and no task runs.
+"""
+
+from __future__ import annotations
+
+import keyword
+import sys
+from pathlib import Path
+from typing import Any
+
+import copier
+import pytest
+
+from template_config import BASE_ANSWERS, REPO_ROOT, questions
+
+
+def answers_for(tmp_path: Path, **data: Any) -> dict[str, Any]:
+    worker = copier.run_copy(
+        str(REPO_ROOT),
+        tmp_path / "project",
+        data={**BASE_ANSWERS, **data},
+        defaults=True,
+        unsafe=True,
+        vcs_ref="HEAD",
+        pretend=True,
+        skip_tasks=True,
+        quiet=True,
+    )
+    return dict(worker.answers.combined)
+
+
+@pytest.mark.parametrize(
+    ("question", "value"),
+    [
+        ("project_name", ""),
+        ("project_name", "   "),
+        ("project_slug", "9x"),
+        ("project_slug", "Has Caps"),
+        ("project_slug", "-svc"),
+        ("package_name", "json"),
+        ("package_name", "class"),
+        ("package_name", "1abc"),
+        ("package_name", "my-pkg"),
+        ("author_email", "nope"),
+        ("author_email", "a b@example.com"),
+    ],
+)
+def test_validator_rejects(tmp_path: Path, question: str, value: str) -> None:
+    with pytest.raises(ValueError, match=f"question '{question}'") as excinfo:
+        answers_for(tmp_path, **{question: value})
+    message = str(excinfo.value)
+    # Copier prefixes "Validation error for question '<name>': "; the validator adds the reason.
+    reason = message.split(":", 1)[1].strip()
+    assert reason, message
+    assert question in reason, f"the reason should name {question!r}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("question", "value"),
+    [
+        ("project_name", "X"),
+        ("project_slug", "a"),
+        ("project_slug", "my-service-2"),
+        ("package_name", "bench_service"),
+        ("package_name", "Svc2"),
+        ("package_name", "_internal"),
+        ("author_email", "a@b.c"),
+        ("author_email", "first.last+tag@example.org"),
+    ],
+)
+def test_validator_accepts(tmp_path: Path, question: str, value: str) -> None:
+    assert answers_for(tmp_path, **{question: value})[question] == value
+
+
+@pytest.mark.parametrize(
+    ("project_name", "slug", "package"),
+    [
+        ("Bench Service", "bench-service", "bench_service"),
+        ("My API!", "my-api", "my_api"),
+        ("  Orders -- v2  ", "orders-v2", "orders_v2"),
+    ],
+)
+def test_computed_defaults(tmp_path: Path, project_name: str, slug: str, package: str) -> None:
+    answers = answers_for(tmp_path, project_name=project_name)
+    assert answers["project_slug"] == slug
+    assert answers["package_name"] == package
+
+
+def test_package_default_follows_an_explicit_slug(tmp_path: Path) -> None:
+    answers = answers_for(tmp_path, project_slug="orders-api")
+    assert answers["package_name"] == "orders_api"
+
+
+def test_reserved_names_cover_keywords_and_stdlib() -> None:
+    reserved = set(questions()["reserved_package_names"]["default"])
+    public_stdlib = {name for name in sys.stdlib_module_names if not name.startswith("_")}
+    expected = public_stdlib | set(keyword.kwlist) | set(keyword.softkwlist)
+    assert sorted(expected - reserved) == []
