@@ -1,0 +1,109 @@
+"""Run each generated project's own checks and tests, the way its users will.
+
+Every combination is rendered and `uv sync`ed once per session (see conftest.py); the checks
+below run inside it with its own virtualenv.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import project_env, run_ok
+from template_config import combinations, default_combination
+
+COMBINATIONS = combinations()
+IDS = [combo.id for combo in COMBINATIONS]
+
+CHECKS = {
+    "ruff-check": ["uv", "run", "ruff", "check", "."],
+    "ruff-format": ["uv", "run", "ruff", "format", "--check", "."],
+    "mypy": ["uv", "run", "mypy"],
+    "pytest": ["uv", "run", "pytest", "-q"],
+}
+# Checks that talk to the combination's database and cache servers.
+NEEDS_SERVERS = {"pytest"}
+
+
+@pytest.mark.parametrize("combo", COMBINATIONS, ids=IDS)
+def test_uv_sync(combo, synced) -> None:
+    assert (synced(combo).project_dir / ".venv").is_dir()
+
+
+@pytest.mark.parametrize("check", list(CHECKS))
+@pytest.mark.parametrize("combo", COMBINATIONS, ids=IDS)
+def test_check(combo, check: str, synced, servers) -> None:
+    project = synced(combo)
+    if check in NEEDS_SERVERS:
+        servers.require(project.combo)
+    run_ok(CHECKS[check], project.project_dir, project_env(project.combo))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (local URL)
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_service_starts_and_answers(synced, tmp_path: Path) -> None:
+    project = synced(default_combination())
+    env = project_env(project.combo, DATABASE_URL=f"sqlite:///{tmp_path / 'serve.db'}")
+    run_ok(["uv", "run", project.slug, "db", "upgrade"], project.project_dir, env, timeout=300)
+
+    port = _free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            ["uv", "run", project.slug, "serve", "--port", str(port)],
+            cwd=project.project_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: uv and the server stop together
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if server.poll() is not None:
+                pytest.fail(
+                    f"`{project.slug} serve` exited {server.returncode}:\n{log_path.read_text()}",
+                    pytrace=False,
+                )
+            try:
+                status, _ = _get(f"{base}/health/live")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"no answer on {base} within 60 s:\n{log_path.read_text()}", pytrace=False
+                    )
+                time.sleep(0.25)
+        assert status == 200, log_path.read_text()
+        status, body = _get(f"{base}/api/v1/projects")
+        assert status == 200, f"{body[:500]!r}\n{log_path.read_text()}"
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=5)
