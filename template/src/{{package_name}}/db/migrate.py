@@ -1,0 +1,26 @@
+"""Run Alembic from code: the CLI's ``db upgrade`` and the tests use this, no alembic.ini needed."""
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def alembic_config(database_url: str | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if database_url:
+        # Alembic's config is an ini parser: a literal % must be doubled.
+        config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def upgrade(database_url: str | None = None, revision: str = "head") -> None:
+    """Migrate to ``revision``. Calls ``asyncio.run``: never call it from a running event loop."""
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def downgrade(database_url: str | None = None, revision: str = "base") -> None:
+    command.downgrade(alembic_config(database_url), revision)

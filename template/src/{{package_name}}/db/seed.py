@@ -1,0 +1,80 @@
+"""Bulk demo data: the CLI's ``seed`` and the tests share this one implementation."""
+
+import random
+from collections.abc import Callable
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .models import Base, Item, Project, User
+
+BATCH_SIZE = 10_000
+# Seeded accounts cannot log in: "!" is never the output of the password hasher.
+UNUSABLE_PASSWORD_HASH = "!"  # noqa: S105
+
+_items_of_project = (
+    select(func.count()).where(Item.project_id == Project.id).correlate(Project).scalar_subquery()
+)
+
+
+def _user_row(n: int) -> dict[str, object]:
+    return {
+        "email": f"user{n}@example.com",
+        "username": f"user{n}",
+        "name": f"User {n}",
+        "role": "admin" if n % 50 == 0 else "member",
+        "password_hash": UNUSABLE_PASSWORD_HASH,
+    }
+
+
+async def _max_id(engine: AsyncEngine, table: type[Base]) -> int:
+    async with engine.connect() as conn:
+        return (await conn.scalar(select(func.max(table.id)))) or 0  # type: ignore[attr-defined]
+
+
+async def seed(
+    engine: AsyncEngine,
+    *,
+    users: int,
+    projects: int,
+    items: int,
+    random_seed: int = 42,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> None:
+    """Append ``users`` users, ``projects`` projects owned by them and ``items`` items in them,
+    in batches of multi-row INSERTs; then set each project's denormalized item_count."""
+    if users < 1 and (projects or items):
+        raise ValueError("projects need at least one user to own them")
+    if projects < 1 and items:
+        raise ValueError("items need at least one project")
+    rng = random.Random(random_seed)  # noqa: S311 - demo data, not secrets
+    first_user = await _max_id(engine, User) + 1
+    first_project = await _max_id(engine, Project) + 1
+
+    def project_row(n: int) -> dict[str, object]:
+        owner = first_user + rng.randrange(users)
+        return {"name": f"Project {n}", "description": "", "owner_id": owner, "item_count": 0}
+
+    def item_row(n: int) -> dict[str, object]:
+        return {
+            "project_id": first_project + rng.randrange(projects),
+            "name": f"Item {n}",
+            "price_cents": rng.randrange(100, 100_000),
+            "quantity": rng.randrange(0, 500),
+        }
+
+    plan: list[tuple[type[Base], int, Callable[[int], dict[str, object]]]] = [
+        (User, users, lambda n: _user_row(first_user + n)),
+        (Project, projects, project_row),
+        (Item, items, item_row),
+    ]
+    for table, count, make_row in plan:
+        for start in range(0, count, BATCH_SIZE):
+            rows = [make_row(n) for n in range(start, min(start + BATCH_SIZE, count))]
+            async with engine.begin() as conn:
+                await conn.execute(insert(table), rows)
+            if on_progress is not None:
+                on_progress(table.__tablename__, len(rows), count)
+    if items:
+        async with engine.begin() as conn:
+            await conn.execute(update(Project).values(item_count=_items_of_project))

@@ -1,0 +1,91 @@
+"""The lifespan owns every pooled resource: opened once at startup, closed at shutdown.
+
+Endpoints get them through the thin ``*Dep`` aliases below, never through globals.
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated
+
+import httpx
+from fastapi import Depends, FastAPI, Request
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from .cache import Cache, create_cache
+from .db.engine import create_engine, create_sessionmaker
+from .settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    cache: Cache
+    http: httpx.AsyncClient
+
+
+def create_http_client(settings: Settings) -> httpx.AsyncClient:
+    http = settings.http
+    return httpx.AsyncClient(
+        base_url=http.upstream_url,
+        timeout=httpx.Timeout(http.read_timeout_seconds, connect=http.connect_timeout_seconds),
+        limits=httpx.Limits(
+            max_connections=http.max_connections,
+            max_keepalive_connections=http.max_keepalive_connections,
+        ),
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
+    settings: Settings = app.state.settings
+    engine = create_engine(settings.database)
+    cache = create_cache(settings.cache)
+    http = create_http_client(settings)
+    try:
+        yield {
+            "resources": Resources(
+                settings=settings,
+                engine=engine,
+                sessionmaker=create_sessionmaker(engine),
+                cache=cache,
+                http=http,
+            )
+        }
+    finally:
+        await http.aclose()
+        await cache.close()
+        await engine.dispose()
+
+
+def get_resources(request: Request) -> Resources:
+    resources: Resources = request.state.resources
+    return resources
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with get_resources(request).sessionmaker() as session:
+        yield session
+
+
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def get_cache(request: Request) -> Cache:
+    return get_resources(request).cache
+
+
+def get_http_client(request: Request) -> httpx.AsyncClient:
+    return get_resources(request).http
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return get_resources(request).settings
+
+
+CacheDep = Annotated[Cache, Depends(get_cache)]
+HttpClientDep = Annotated[httpx.AsyncClient, Depends(get_http_client)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

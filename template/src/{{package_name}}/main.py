@@ -1,0 +1,40 @@
+"""Application factory: settings in, a fully wired FastAPI app out."""
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.middleware.gzip import GZipMiddleware
+
+from .api import api_router
+from .api.health import router as health_router
+from .lifespan import lifespan
+from .middleware import TimingMiddleware
+from .settings import Settings, get_settings
+
+GZIP_MINIMUM_BYTES = 1000
+# Level 6 is ~4x faster than Starlette's default 9 for output only a few percent larger.
+GZIP_LEVEL = 6
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title=settings.app.name, lifespan=lifespan)
+    app.state.settings = settings
+    app.include_router(health_router)
+    app.include_router(api_router)
+
+    retry_after = str(max(1, round(settings.database.pool_timeout_seconds)))
+
+    @app.exception_handler(PoolTimeoutError)
+    async def pool_exhausted(_request: Request, _exc: PoolTimeoutError) -> JSONResponse:
+        # Every connection stayed busy for pool_timeout: shed load rather than queue forever.
+        return JSONResponse(
+            {"detail": "database is busy: no connection became free in time, retry shortly"},
+            status_code=503,
+            headers={"Retry-After": retry_after},
+        )
+
+    # Last added runs first: timing wraps compression, so X-Process-Time includes it.
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=GZIP_LEVEL)
+    app.add_middleware(TimingMiddleware, slow_request_ms=settings.app.slow_request_ms)
+    return app

@@ -1,0 +1,146 @@
+"""Offset pages with bounds from settings, and keyset pages with an opaque, signed cursor."""
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from typing import Annotated, Any, Generic, TypeVar
+
+from fastapi import Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
+
+from .settings import Settings
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    total: int
+    page: int
+    page_size: int
+    items: list[T]
+
+
+class CursorPage(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+def _too_large(name: str, value: int, limit: int) -> RequestValidationError:
+    return RequestValidationError(
+        [
+            {
+                "type": "less_than_equal",
+                "loc": ("query", name),
+                "msg": f"Input should be less than or equal to {limit}",
+                "input": value,
+                "ctx": {"le": limit},
+            }
+        ]
+    )
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+class OffsetParams(BaseModel):
+    page: int
+    page_size: int
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.page_size
+
+
+def offset_params(
+    request: Request,
+    page: Annotated[int, Query(ge=1, description="1-based page number")] = 1,
+    page_size: Annotated[int | None, Query(ge=1, description="Items per page")] = None,
+) -> OffsetParams:
+    # The upper bound comes from settings, so it is checked here rather than in Query(le=...).
+    app = _settings(request).app
+    size = app.default_page_size if page_size is None else page_size
+    if size > app.max_page_size:
+        raise _too_large("page_size", size, app.max_page_size)
+    return OffsetParams(page=page, page_size=size)
+
+
+class CursorCodec:
+    """Cursors are ``base64url(json) + "." + hmac``: opaque to clients, tamper-evident to us."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def _sign(self, payload: bytes) -> str:
+        digest = hmac.new(self._secret, payload, hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def encode(self, position: dict[str, Any]) -> str:
+        payload = json.dumps(position, separators=(",", ":")).encode()
+        body = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+        return f"{body}.{self._sign(payload)}"
+
+    def decode(self, cursor: str) -> dict[str, Any]:
+        """The position a cursor points at; ValueError for anything we did not issue."""
+        body, _, signature = cursor.partition(".")
+        try:
+            payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        except (binascii.Error, ValueError):
+            raise ValueError("cursor is not valid") from None
+        if not hmac.compare_digest(signature, self._sign(payload)):
+            raise ValueError("cursor is not valid")
+        position = json.loads(payload)
+        if not isinstance(position, dict):
+            raise ValueError("cursor is not valid")
+        return position
+
+
+class KeysetParams(BaseModel):
+    limit: int
+    after_id: int | None
+
+
+def keyset_params(
+    request: Request,
+    limit: Annotated[int | None, Query(ge=1, description="Items per page")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="next_cursor of the previous page")
+    ] = None,
+) -> KeysetParams:
+    settings = _settings(request)
+    size = settings.app.default_page_size if limit is None else limit
+    if size > settings.app.max_page_size:
+        raise _too_large("limit", size, settings.app.max_page_size)
+    after_id = None
+    if cursor is not None:
+        codec = CursorCodec(settings.app.secret_key.get_secret_value().encode())
+        try:
+            after_id = codec.decode(cursor).get("id")
+        except ValueError:
+            after_id = None
+        if not isinstance(after_id, int) or isinstance(after_id, bool):
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "value_error",
+                        "loc": ("query", "cursor"),
+                        "msg": "Value error, cursor is not valid: use next_cursor from a response",
+                        "input": cursor,
+                        "ctx": {"error": "cursor is not valid"},
+                    }
+                ]
+            )
+    return KeysetParams(limit=size, after_id=after_id)
+
+
+def next_cursor(request: Request, last_id: int) -> str:
+    secret = _settings(request).app.secret_key.get_secret_value().encode()
+    return CursorCodec(secret).encode({"id": last_id})
+
+
+OffsetDep = Annotated[OffsetParams, Depends(offset_params)]
+KeysetDep = Annotated[KeysetParams, Depends(keyset_params)]

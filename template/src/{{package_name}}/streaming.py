@@ -1,0 +1,32 @@
+"""Streaming responses that always release what their generator holds."""
+
+from collections.abc import AsyncGenerator, Mapping
+
+import anyio
+from starlette.responses import StreamingResponse
+from starlette.types import Send
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """Closes its generator when the stream ends for any reason, client disconnect included.
+
+    Starlette leaves an abandoned generator to the garbage collector; a generator holding a
+    database connection must give it back now, not whenever the GC runs.
+    """
+
+    def __init__(
+        self,
+        content: AsyncGenerator[bytes],
+        *,
+        media_type: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
+        self._generator = content
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._generator.aclose()
