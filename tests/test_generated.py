@@ -6,6 +6,7 @@ below run inside it with its own virtualenv.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -104,10 +105,15 @@ def test_service_starts_and_answers(synced, tmp_path: Path) -> None:
         status, body = _get(f"{base}/api/v1/projects")
         assert status == 200, f"{body[:500]!r}\n{log_path.read_text()}"
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=5)
+        _stop_group(server)
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop the server's process group (uv and the server): SIGTERM, then SIGKILL leftovers."""
+    for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return  # the whole group is gone
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace)
