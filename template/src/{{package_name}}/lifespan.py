@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .cache import Cache, create_cache
 from .db.engine import create_engine, create_sessionmaker
+from .observability import observe_resources
 from .settings import Settings
 
 
@@ -42,8 +43,9 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
     settings: Settings = app.state.settings
     engine = create_engine(settings.database)
-    cache = create_cache(settings.cache)
+    cache = create_cache(settings)
     http = create_http_client(settings)
+    stop_observing = observe_resources(settings, engine, http)
     try:
         yield {
             "resources": Resources(
@@ -55,6 +57,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
             )
         }
     finally:
+        stop_observing()
         await http.aclose()
         await cache.close()
         await engine.dispose()

@@ -39,10 +39,10 @@ class TimingMiddleware:
                 elapsed = time.perf_counter() - start
                 headers = MutableHeaders(scope=message)
                 headers.append("X-Process-Time", f"{elapsed:.6f}")
+                db_ms, queries = timings.db_seconds * 1000, timings.db_statements
                 headers.append(
                     "Server-Timing",
-                    f"app;dur={elapsed * 1000:.1f}, "
-                    f'db;dur={timings.db_seconds * 1000:.1f};desc="queries={timings.db_statements}"',
+                    f'app;dur={elapsed * 1000:.1f}, db;dur={db_ms:.1f};desc="queries={queries}"',
                 )
             await send(message)
 

@@ -17,11 +17,11 @@ class ClosingStreamingResponse(StreamingResponse):
     def __init__(
         self,
         content: AsyncGenerator[bytes],
-        *,
-        media_type: str,
+        status_code: int = 200,
         headers: Mapping[str, str] | None = None,
+        media_type: str | None = None,
     ) -> None:
-        super().__init__(content, media_type=media_type, headers=headers)
+        super().__init__(content, status_code, headers, media_type)
         self._generator = content
 
     async def stream_response(self, send: Send) -> None:

@@ -16,6 +16,8 @@ from ..streaming import ClosingStreamingResponse
 
 router = APIRouter(prefix="/items", tags=["items"])
 
+AnyRow = Row[*tuple[Any, ...]]
+
 EXPORT_COLUMNS = (
     Item.id,
     Item.project_id,
@@ -32,11 +34,11 @@ class ExportFormat(StrEnum):
     csv = "csv"
 
 
-def ndjson_chunk(rows: Sequence[Row[Any]]) -> bytes:
+def ndjson_chunk(rows: Sequence[AnyRow]) -> bytes:
     return b"".join(to_json(row._asdict()) + b"\n" for row in rows)
 
 
-def csv_chunk(rows: Sequence[Row[Any]]) -> bytes:
+def csv_chunk(rows: Sequence[AnyRow]) -> bytes:
     buffer = io.StringIO()
     csv.writer(buffer).writerows(rows)
     return buffer.getvalue().encode()

@@ -26,7 +26,7 @@ _ASYNC_DRIVERS = {
 
 
 def async_url(url: str) -> URL:
-    """Accept the plain URL users have (``postgresql://``, ``sqlite:///``) and add the async driver."""
+    """Take the plain URL users have (``postgresql://``, ``sqlite:///``); add the async driver."""
     parsed = make_url(url)
     if "+" in parsed.drivername:
         return parsed
