@@ -8,6 +8,7 @@ import typer
 import uvicorn
 from rich.progress import Progress, TaskID
 
+from .bench.command import bench
 from .db import migrate
 from .db.engine import create_engine
 from .db.seed import seed as seed_database
@@ -16,6 +17,7 @@ from .settings import get_settings
 app = typer.Typer(help=__doc__, no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.command()(bench)
 
 
 @app.command()

@@ -1,0 +1,106 @@
+"""The app variants the bench servers run, each built from ``create_app``.
+
+uvicorn starts them as factories (``--factory``) with settings from the environment. Only the
+``bench`` command does that: the service's own entry points never import this module.
+"""
+
+import logging
+import time
+
+from fastapi import FastAPI, Request, Response
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.types import ASGIApp
+
+from ..main import create_app
+from ..middleware import TimingMiddleware
+from ..settings import Settings, get_settings
+from ..timing import RequestTimings, current_timings
+from .routes import router as bench_router
+
+logger = logging.getLogger(__name__)
+
+CEILING_PATH = "/bench/ceiling"
+
+
+def full_app(settings: Settings | None = None) -> FastAPI:
+    """The service as deployed (every middleware), plus the bench-only routes."""
+    app = create_app(settings)
+    app.include_router(bench_router)
+    return app
+
+
+def _without_middleware(settings: Settings | None) -> FastAPI:
+    app = full_app(settings)
+    # The middleware stack is built on the first request, so clearing the list here removes it.
+    app.user_middleware.clear()
+    return app
+
+
+def bare_app(settings: Settings | None = None) -> FastAPI:
+    """No middleware at all, and the ceiling: PUT bytes once, GET serves them from memory."""
+    app = _without_middleware(settings)
+    app.state.ceiling_body = b""
+
+    @app.put(CEILING_PATH, include_in_schema=False)
+    async def set_ceiling(request: Request) -> Response:
+        app.state.ceiling_body = await request.body()
+        return Response(status_code=204)
+
+    @app.get(CEILING_PATH, include_in_schema=False)
+    async def ceiling() -> Response:
+        return Response(app.state.ceiling_body, media_type="application/json")
+
+    return app
+
+
+def pure_timing_app(settings: Settings | None = None) -> FastAPI:
+    """Only the service's pure-ASGI timing middleware."""
+    app = _without_middleware(settings)
+    slow_request_ms = (settings or get_settings()).app.slow_request_ms
+    app.add_middleware(TimingMiddleware, slow_request_ms=slow_request_ms)
+    return app
+
+
+def base_http_timing_app(settings: Settings | None = None) -> FastAPI:
+    """Only the same timing logic as a ``BaseHTTPMiddleware``, to measure what that costs."""
+    app = _without_middleware(settings)
+    slow_request_ms = (settings or get_settings()).app.slow_request_ms
+    app.add_middleware(BaseHTTPTimingMiddleware, slow_request_ms=slow_request_ms)
+    return app
+
+
+class BaseHTTPTimingMiddleware(BaseHTTPMiddleware):
+    """``TimingMiddleware`` as a ``BaseHTTPMiddleware``: the pattern the service avoids."""
+
+    def __init__(self, app: ASGIApp, *, slow_request_ms: float) -> None:
+        super().__init__(app)
+        self.slow_request_seconds = slow_request_ms / 1000
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        timings = RequestTimings()
+        token = current_timings.set(timings)
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            elapsed = time.perf_counter() - start
+            response.headers["X-Process-Time"] = f"{elapsed:.6f}"
+            response.headers["Server-Timing"] = (
+                f"app;dur={elapsed * 1000:.1f}, "
+                f'db;dur={timings.db_seconds * 1000:.1f};desc="queries={timings.db_statements}"'
+            )
+            return response
+        finally:
+            elapsed = time.perf_counter() - start
+            if elapsed >= self.slow_request_seconds:
+                logger.warning(
+                    "slow request: %s %s -> %s in %.1f ms (db %.1f ms, %d queries)",
+                    request.method,
+                    request.url.path,
+                    status,
+                    elapsed * 1000,
+                    timings.db_seconds * 1000,
+                    timings.db_statements,
+                )
+            current_timings.reset(token)

@@ -1,0 +1,178 @@
+"""Drives load from a separate process: wrk when it is on PATH, else ``bench/load.py``."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .load import Spec
+
+LOAD_MODULE = f"{__package__}.load"
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    requests: int
+    seconds: float
+    rps: float
+    errors: int
+    p50_ms: float
+    p99_ms: float
+
+
+class LoadGenerator:
+    """Runs one timed load against a URL path; ``name`` says which tool, for the report."""
+
+    name = "python"
+
+    def __init__(self, host: str, pin: list[str]) -> None:
+        self.host = host
+        self.pin = pin  # e.g. ["taskset", "-c", "1"], or [] where pinning is not possible
+
+    def timed(
+        self,
+        port: int,
+        path: str,
+        *,
+        connections: int,
+        duration: float,
+        warmup: float,
+        headers: dict[str, str] | None = None,
+    ) -> LoadResult:
+        result = run_python(
+            self.pin,
+            Spec(
+                host=self.host,
+                port=port,
+                path=path,
+                connections=connections,
+                duration=duration,
+                warmup=warmup,
+                headers=headers or {},
+            ),
+        )
+        return LoadResult(
+            requests=result["requests"],
+            seconds=result["seconds"],
+            rps=result["rps"],
+            errors=result["errors"],
+            p50_ms=result["p50_ms"],
+            p99_ms=result["p99_ms"],
+        )
+
+    def describe(self) -> str:
+        return "Python asyncio load generator (bench/load.py, raw HTTP/1.1 keep-alive streams)"
+
+
+def run_python(pin: list[str], spec: Spec) -> dict[str, Any]:
+    """Run ``bench/load.py`` in its own process and return its JSON result."""
+    spec_json = json.dumps(asdict(spec))
+    completed = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [*pin, sys.executable, "-m", LOAD_MODULE, spec_json],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=spec.warmup + spec.duration + 120,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"load generator failed: {completed.stderr.strip()[-2000:]}")
+    result: dict[str, Any] = json.loads(completed.stdout.splitlines()[-1])
+    return result
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def _duration_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if match is None:
+        raise ValueError(f"unexpected wrk duration {text!r}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str, seconds: float) -> LoadResult:
+    """The figures we need from ``wrk --latency`` output."""
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    errors = 0
+    if socket := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    ):
+        errors += sum(int(n) for n in socket.groups())
+    if non_2xx := re.search(r"Non-2xx or 3xx responses: (\d+)", output):
+        errors += int(non_2xx.group(1))
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.MULTILINE))
+    return LoadResult(
+        requests=requests,
+        seconds=seconds,
+        rps=requests / seconds,
+        errors=errors,
+        p50_ms=_duration_ms(percentiles["50"]),
+        p99_ms=_duration_ms(percentiles["99"]),
+    )
+
+
+class Wrk(LoadGenerator):
+    name = "wrk"
+
+    def __init__(self, host: str, pin: list[str], executable: str) -> None:
+        super().__init__(host, pin)
+        self.executable = executable
+        version = subprocess.run(  # noqa: S603 - the wrk found on PATH
+            [executable, "--version"], capture_output=True, text=True, check=False
+        )
+        self.version = (version.stdout + version.stderr).split("Copyright")[0].strip()
+
+    def describe(self) -> str:
+        return f"{self.version} (one thread)"
+
+    def timed(
+        self,
+        port: int,
+        path: str,
+        *,
+        connections: int,
+        duration: float,
+        warmup: float,
+        headers: dict[str, str] | None = None,
+    ) -> LoadResult:
+        url = f"http://{self.host}:{port}{path}"
+        header_args = [
+            arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")
+        ]
+        # wrk takes whole seconds only.
+        runs = [(max(1, round(warmup)), False)] if warmup > 0 else []
+        runs.append((max(1, round(duration)), True))
+        result = None
+        for seconds, measured in runs:
+            command = [
+                *self.pin,
+                self.executable,
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--timeout",
+                "30s",
+                "--latency",
+                *header_args,
+                url,
+            ]
+            completed = subprocess.run(  # noqa: S603 - the wrk found on PATH
+                command, capture_output=True, text=True, check=False, timeout=seconds + 120
+            )
+            if completed.returncode != 0:
+                raise RuntimeError(f"wrk failed: {completed.stderr.strip()[-2000:]}")
+            if measured:
+                result = parse_wrk(completed.stdout, seconds)
+        assert result is not None
+        return result
+
+
+def load_generator(choice: str, host: str, pin: list[str]) -> LoadGenerator:
+    """``auto`` prefers wrk (a C tool: it cannot be the bottleneck) when it is on PATH."""
+    wrk = shutil.which("wrk")
+    if choice in {"auto", "wrk"} and wrk is not None:
+        return Wrk(host, pin, wrk)
+    return LoadGenerator(host, pin)

@@ -1,0 +1,495 @@
+"""The figures: each pattern measured beside its naive twin, in one run, on the same servers."""
+
+import re
+import shutil
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+from sqlalchemy.engine import make_url
+
+from ..pagination import CursorCodec
+from .apps import CEILING_PATH
+from .data import BenchDatabase
+from .driver import LoadGenerator, LoadResult, run_python
+from .load import Spec
+from .report import Figure
+from .servers import HOST, Server
+
+QUERIES = re.compile(r"queries=(\d+)")
+MB = 1024 * 1024
+EXPORT_QUERY = (
+    "SELECT id, project_id, name, price_cents, quantity, created_at FROM items ORDER BY id"
+)
+COPY_QUERY = (
+    "COPY (SELECT row_to_json(t) FROM ("
+    "SELECT id, project_id, name, price_cents, quantity, created_at FROM items ORDER BY id"
+    ") AS t) TO STDOUT"
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    users: int
+    projects: int
+    items: int
+    duration: float  # seconds of measured load per endpoint
+    warmup: float  # seconds of unmeasured load before each measurement
+    connections: int  # concurrent connections for throughput measurements
+    pool_clients: int = 200
+    stampede_clients: int = 100
+    list_page_size: int = 50
+    deep_page_size: int = 10
+    max_depth: int = 10_000
+    rounds: int = 1  # interleaved repetitions of each comparison; the best round counts
+
+    @property
+    def depth(self) -> int:
+        """The deep page: 10,000 pages of 10 in, or the last page of a smaller data set."""
+        return max(2, min(self.max_depth, self.projects // self.deep_page_size))
+
+
+@dataclass
+class Bench:
+    config: BenchConfig
+    load: LoadGenerator
+    servers: dict[str, Server]
+    database: BenchDatabase
+    secret_key: str
+    client_pin: list[str]
+    log: Callable[[str], None]
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(trust_env=False, timeout=60))
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, server: str, path: str, **headers: str) -> httpx.Response:
+        response = self.http.get(self.servers[server].url(path), headers=headers)
+        if response.status_code != 200:
+            raise RuntimeError(
+                f"GET {path} on {server}: {response.status_code} {response.text[:300]}"
+            )
+        return response
+
+    def compare(self, *loads: "Load") -> list[LoadResult]:
+        """Measure each load ``rounds`` times, interleaved (A B A B ...), and keep each one's best
+        round: on a shared machine that is the round other work disturbed least."""
+        best: dict[str, LoadResult] = {}
+        for _ in range(self.config.rounds):
+            for load in loads:
+                result = self.load.timed(
+                    self.servers[load.server].port,
+                    load.path,
+                    connections=load.connections or self.config.connections,
+                    duration=self.config.duration,
+                    warmup=self.config.warmup,
+                    headers=load.headers,
+                )
+                entry = self.raw.setdefault(
+                    load.key,
+                    {
+                        "server": load.server,
+                        "path": load.path,
+                        "headers": load.headers,
+                        "rounds": [],
+                    },
+                )
+                entry["rounds"].append(asdict(result))
+                if load.key not in best or result.rps > best[load.key].rps:
+                    best[load.key] = result
+        for load in loads:
+            result = best[load.key]
+            if result.requests == 0:
+                raise RuntimeError(
+                    f"{load.key}: no request completed in {self.config.duration} s; "
+                    "give it more time with --duration"
+                )
+            self.raw[load.key]["best"] = asdict(result)
+            self.log(
+                f"  {load.key}: {result.rps:,.0f} req/s, p99 {result.p99_ms:.1f} ms, "
+                f"{result.errors} errors"
+            )
+        return [best[load.key] for load in loads]
+
+
+@dataclass(frozen=True)
+class Load:
+    key: str  # names the measurement in the JSON
+    server: str
+    path: str
+    headers: dict[str, str] = field(default_factory=dict)
+    connections: int | None = None
+
+
+def statements_of(response: httpx.Response) -> int:
+    match = QUERIES.search(response.headers.get("server-timing", ""))
+    if match is None:
+        raise RuntimeError("no queries= in the Server-Timing header")
+    return int(match.group(1))
+
+
+def _rps(a: LoadResult, b: LoadResult) -> str:
+    return f"{a.rps:,.0f} vs {b.rps:,.0f} req/s"
+
+
+def ceiling(bench: Bench) -> list[Figure]:
+    path = "/api/v1/projects/1"
+    body = bench.get("full", path).content  # the miss that fills the cache
+    bench.http.put(bench.servers["bare"].url(CEILING_PATH), content=body).raise_for_status()
+    if bench.get("bare", CEILING_PATH).content != body:
+        raise RuntimeError("the ceiling does not return the cached project's bytes")
+    cached, top = bench.compare(
+        Load("1: cached project, full stack", "full", path),
+        Load("1: ceiling, same bytes from memory, no middleware", "bare", CEILING_PATH),
+    )
+    return [
+        Figure(
+            1,
+            "cached `GET /projects/{id}` vs ceiling (req/s)",
+            cached.rps / top.rps,
+            target_op=">=",
+            target=0.8,
+            detail=_rps(cached, top),
+        ),
+    ]
+
+
+def n_plus_one(bench: Bench) -> list[Figure]:
+    size = bench.config.list_page_size
+    eager_path = f"/api/v1/projects?page_size={size}"
+    naive_path = f"/bench/projects-naive?page_size={size}"
+    eager, naive = bench.get("full", eager_path), bench.get("full", naive_path)
+    if eager.content != naive.content:
+        raise RuntimeError("the N+1 page does not return the eager page's JSON")
+    eager_rps, naive_rps = bench.compare(
+        Load(f"2: eager page of {size}", "full", eager_path),
+        Load(f"2: N+1 page of {size}", "full", naive_path),
+    )
+    return [
+        Figure(
+            2,
+            f"eager page of {size}: statements per request",
+            statements_of(eager),
+            unit="statements",
+            target_op="==",
+            target=2,
+            detail="count(*) + one SELECT joining the owners",
+        ),
+        Figure(
+            2,
+            f"N+1 page of {size}: statements per request",
+            statements_of(naive),
+            unit="statements",
+            target_op="==",
+            target=size + 2,
+            detail=f"count(*) + projects + {size} owner SELECTs",
+        ),
+        Figure(
+            2,
+            f"eager vs N+1 page of {size} (req/s)",
+            eager_rps.rps / naive_rps.rps,
+            target_op=">",
+            target=1.0,
+            detail=_rps(eager_rps, naive_rps),
+        ),
+    ]
+
+
+def pagination(bench: Bench) -> list[Figure]:
+    size, depth = bench.config.deep_page_size, bench.config.depth
+    cursor = CursorCodec(bench.secret_key.encode()).encode({"id": (depth - 1) * size})
+    keyset_first = f"/api/v1/projects/cursor?limit={size}"
+    keyset_deep = f"{keyset_first}&cursor={cursor}"
+    offset_first = f"/api/v1/projects?page=1&page_size={size}"
+    offset_deep = f"/api/v1/projects?page={depth}&page_size={size}"
+    deep_ids = [p["id"] for p in bench.get("full", keyset_deep).json()["items"]]
+    if deep_ids != [p["id"] for p in bench.get("full", offset_deep).json()["items"]]:
+        raise RuntimeError("keyset and offset disagree about the deep page")
+    k1, kd, o1, od = bench.compare(
+        Load("3: keyset page 1", "full", keyset_first),
+        Load(f"3: keyset page {depth}", "full", keyset_deep),
+        Load("3: offset page 1", "full", offset_first),
+        Load(f"3: offset page {depth}", "full", offset_deep),
+    )
+    return [
+        Figure(
+            3,
+            f"keyset page {depth:,} vs page 1 (time per request)",
+            k1.rps / kd.rps,
+            target_op="<=",
+            target=1.5,
+            detail=_rps(kd, k1),
+        ),
+        Figure(
+            3,
+            f"offset page {depth:,} vs page 1 (time per request)",
+            o1.rps / od.rps,
+            detail=_rps(od, o1),
+        ),
+    ]
+
+
+class _RssSampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.baseline = self.peak = self.process.memory_info().rss
+        self.running = True
+
+    def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.01)
+
+
+def _copy_rows_per_second(bench: Bench) -> tuple[float, str]:
+    """PostgreSQL's own JSON export (COPY through psql), or sqlite3's raw fetch on SQLite."""
+    if bench.database.backend == "sqlite":
+        started = time.perf_counter()
+        with sqlite3.connect(bench.database.name) as conn:
+            cursor = conn.execute(EXPORT_QUERY)
+            rows = 0
+            while batch := cursor.fetchmany(10_000):
+                rows += len(batch)
+        return rows / (time.perf_counter() - started), "sqlite3 module raw fetch"
+    psql = shutil.which("psql")
+    if psql is None:
+        raise RuntimeError("psql is not on PATH (Debian: apt-get install postgresql-client)")
+    url = make_url(bench.database.url).set(drivername="postgresql")
+    started = time.perf_counter()
+    process = subprocess.Popen(  # noqa: S603 - psql from PATH
+        [
+            *bench.client_pin,
+            psql,
+            url.render_as_string(hide_password=False),
+            "-X",
+            "-q",
+            "-c",
+            COPY_QUERY,
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    rows = 0
+    while chunk := process.stdout.read(1 << 20):
+        rows += chunk.count(b"\n")
+    if process.wait() != 0:
+        raise RuntimeError(f"psql COPY exited {process.returncode}")
+    return rows / (time.perf_counter() - started), "COPY (row_to_json) TO STDOUT via psql"
+
+
+def export(bench: Bench) -> list[Figure]:
+    server = bench.servers["full"]
+    sampler = _RssSampler(server.process.pid)
+    sampler.start()
+    rows = size = 0
+    started = time.perf_counter()
+    try:
+        with bench.http.stream(
+            "GET", server.url("/api/v1/items/export"), headers={"Accept-Encoding": "identity"}
+        ) as response:
+            response.raise_for_status()
+            for chunk in response.iter_raw(1 << 16):
+                rows += chunk.count(b"\n")
+                size += len(chunk)
+    finally:
+        sampler.running = False
+        sampler.join()
+    export_rps = rows / (time.perf_counter() - started)
+    if rows != bench.config.items:
+        raise RuntimeError(f"export sent {rows} rows, expected {bench.config.items}")
+    baseline_rps, baseline = _copy_rows_per_second(bench)
+    growth = (sampler.peak - sampler.baseline) / MB
+    bench.raw["export"] = {
+        "rows": rows,
+        "bytes": size,
+        "rows_per_second": export_rps,
+        "baseline": baseline,
+        "baseline_rows_per_second": baseline_rps,
+        "rss_baseline_bytes": sampler.baseline,
+        "rss_peak_bytes": sampler.peak,
+    }
+    bench.log(f"  export: {export_rps:,.0f} rows/s; {baseline}: {baseline_rps:,.0f} rows/s")
+    postgres = bench.database.backend == "postgresql"
+    return [
+        Figure(
+            4,
+            f"NDJSON export vs {baseline} (rows/s)",
+            export_rps / baseline_rps,
+            target_op=">=" if postgres else None,
+            target=0.3 if postgres else None,
+            note="n/a (target is for PostgreSQL COPY)",
+            detail=f"{export_rps:,.0f} vs {baseline_rps:,.0f} rows/s, {size / MB:,.0f} MB",
+        ),
+        Figure(
+            4,
+            f"server peak RSS growth while exporting {rows:,} rows",
+            growth,
+            unit="MB",
+            target_op="<",
+            target=64,
+            detail=f"from {sampler.baseline / MB:,.0f} MB",
+        ),
+    ]
+
+
+def _wire_bytes(bench: Bench, path: str, encoding: str) -> tuple[int, str]:
+    url = bench.servers["full"].url(path)
+    with bench.http.stream("GET", url, headers={"Accept-Encoding": encoding}) as response:
+        response.raise_for_status()
+        return sum(len(c) for c in response.iter_raw()), response.headers.get(
+            "content-encoding", "identity"
+        )
+
+
+def gzip(bench: Bench) -> list[Figure]:
+    path = "/api/v1/projects/cursor?limit=100"
+    gzip_bytes, encoding = _wire_bytes(bench, path, "gzip")
+    identity_bytes, _ = _wire_bytes(bench, path, "identity")
+    if encoding != "gzip":
+        raise RuntimeError(f"asked for gzip, got {encoding}")
+    zipped, plain = bench.compare(
+        Load("5: 100-item page, gzip", "full", path, {"Accept-Encoding": "gzip"}),
+        Load("5: 100-item page, identity", "full", path, {"Accept-Encoding": "identity"}),
+    )
+    return [
+        Figure(
+            5,
+            "gzip: bytes on the wire for a 100-item page vs identity",
+            gzip_bytes / identity_bytes,
+            detail=f"{gzip_bytes:,} vs {identity_bytes:,} bytes",
+        ),
+        Figure(
+            5,
+            "gzip: req/s with vs without compression",
+            zipped.rps / plain.rps,
+            detail=_rps(zipped, plain),
+        ),
+    ]
+
+
+def _overhead_us(result: LoadResult, bare: LoadResult) -> float:
+    return (1 / result.rps - 1 / bare.rps) * 1e6
+
+
+def middleware(bench: Bench) -> list[Figure]:
+    path = "/api/v1/projects/1"
+    for server in ("full", "bare", "pure", "base_http"):
+        bench.get(server, path)  # a memory cache is per server: fill each one
+    full, none, pure, base = bench.compare(
+        Load("6: cached project, full stack", "full", path),
+        Load("6: cached project, no middleware", "bare", path),
+        Load("6: cached project, pure ASGI timing only", "pure", path),
+        Load("6: cached project, BaseHTTPMiddleware timing only", "base_http", path),
+    )
+    return [
+        Figure(
+            6,
+            "full middleware stack vs none (req/s)",
+            full.rps / none.rps,
+            detail=f"{_rps(full, none)}; {_overhead_us(full, none):+.0f} us/request",
+        ),
+        Figure(
+            6,
+            "pure ASGI timing vs same logic as BaseHTTPMiddleware (req/s)",
+            pure.rps / base.rps,
+            target_op=">",
+            target=1.0,
+            detail=f"{_overhead_us(pure, none):+.0f} vs {_overhead_us(base, none):+.0f} "
+            "us/request over no middleware",
+        ),
+    ]
+
+
+def stampede(bench: Bench) -> list[Figure]:
+    clients = bench.config.stampede_clients
+    project_id = bench.config.projects // 2 + 1  # never requested before: a cold key
+    result = run_python(
+        bench.client_pin,
+        Spec(
+            host=HOST,
+            port=bench.servers["full"].port,
+            path=f"/api/v1/projects/{project_id}",
+            mode="burst",
+            connections=clients,
+        ),
+    )
+    bench.raw["stampede"] = result
+    failed = sum(status != 200 for status in result["statuses"])
+    if failed or min(result["queries"]) < 0:
+        raise RuntimeError(f"{failed} of {clients} stampede requests failed")
+    statements = sum(result["queries"])
+    bench.log(f"  stampede: {clients} cold requests, {statements} statements")
+    return [
+        Figure(
+            7,
+            f"stampede: {clients} concurrent cold requests -> statements",
+            statements,
+            unit="statements",
+            target_op="==",
+            target=1,
+            detail=f"{clients - failed}/{clients} answered 200 (Server-Timing queries=)",
+        ),
+    ]
+
+
+def pool(bench: Bench) -> list[Figure]:
+    clients = bench.config.pool_clients
+    path = "/api/v1/projects/cursor?limit=20"
+    [result] = bench.compare(
+        Load(f"8: {clients} clients on pool 10+20", "full", path, connections=clients)
+    )
+    rounds = bench.raw[f"8: {clients} clients on pool 10+20"]["rounds"]
+    errors = sum(r["errors"] for r in rounds)  # a failed request in any round counts
+    requests = sum(r["requests"] for r in rounds)
+    detail = (
+        f"{requests:,} requests; best round {result.rps:,.0f} req/s, p50 {result.p50_ms:.1f} ms"
+    )
+    return [
+        Figure(
+            8,
+            f"pool 10+20, {clients} concurrent clients: errors",
+            errors,
+            unit="errors",
+            target_op="==",
+            target=0,
+            detail=detail,
+        ),
+        Figure(
+            8,
+            f"pool 10+20, {clients} concurrent clients: p99 latency",
+            result.p99_ms,
+            unit="ms",
+            detail="uncached keyset page, one SELECT per request",
+        ),
+    ]
+
+
+FIGURES: list[tuple[int, str, Callable[[Bench], list[Figure]]]] = [
+    (1, "cached project vs ceiling", ceiling),
+    (2, "eager vs N+1 page", n_plus_one),
+    (3, "keyset vs offset, deep vs first page", pagination),
+    (4, "NDJSON export", export),
+    (5, "gzip", gzip),
+    (6, "middleware", middleware),
+    (7, "stampede", stampede),
+    (8, "connection pool", pool),
+]
+
+
+def run_figures(bench: Bench) -> list[Figure]:
+    """Every figure; one that fails is reported as such and the others still run."""
+    figures: list[Figure] = []
+    for number, title, measure in FIGURES:
+        bench.log(f"{number}. {title}")
+        try:
+            figures += measure(bench)
+        except Exception as exc:  # reported in the table; the run goes on
+            bench.log(f"  failed: {exc}")
+            figures.append(Figure(number, title, None, error=f"{type(exc).__name__}: {exc}"[:300]))
+    return figures
