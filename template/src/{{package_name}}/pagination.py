@@ -7,10 +7,11 @@ import hmac
 import json
 from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
+from .lifespan import SettingsDep
 from .settings import Settings
 
 T = TypeVar("T")
@@ -42,11 +43,6 @@ def _too_large(name: str, value: int, limit: int) -> RequestValidationError:
     )
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 class OffsetParams(BaseModel):
     page: int
     page_size: int
@@ -57,15 +53,14 @@ class OffsetParams(BaseModel):
 
 
 def offset_params(
-    request: Request,
+    settings: SettingsDep,
     page: Annotated[int, Query(ge=1, description="1-based page number")] = 1,
     page_size: Annotated[int | None, Query(ge=1, description="Items per page")] = None,
 ) -> OffsetParams:
     # The upper bound comes from settings, so it is checked here rather than in Query(le=...).
-    app = _settings(request).app
-    size = app.default_page_size if page_size is None else page_size
-    if size > app.max_page_size:
-        raise _too_large("page_size", size, app.max_page_size)
+    size = settings.app.default_page_size if page_size is None else page_size
+    if size > settings.app.max_page_size:
+        raise _too_large("page_size", size, settings.app.max_page_size)
     return OffsetParams(page=page, page_size=size)
 
 
@@ -105,13 +100,12 @@ class KeysetParams(BaseModel):
 
 
 def keyset_params(
-    request: Request,
+    settings: SettingsDep,
     limit: Annotated[int | None, Query(ge=1, description="Items per page")] = None,
     cursor: Annotated[
         str | None, Query(max_length=512, description="next_cursor of the previous page")
     ] = None,
 ) -> KeysetParams:
-    settings = _settings(request)
     size = settings.app.default_page_size if limit is None else limit
     if size > settings.app.max_page_size:
         raise _too_large("limit", size, settings.app.max_page_size)
@@ -137,8 +131,8 @@ def keyset_params(
     return KeysetParams(limit=size, after_id=after_id)
 
 
-def next_cursor(request: Request, last_id: int) -> str:
-    secret = _settings(request).app.secret_key.get_secret_value().encode()
+def next_cursor(settings: Settings, last_id: int) -> str:
+    secret = settings.app.secret_key.get_secret_value().encode()
     return CursorCodec(secret).encode({"id": last_id})
 
 

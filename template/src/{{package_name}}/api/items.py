@@ -4,9 +4,9 @@ import csv
 import io
 from collections.abc import AsyncGenerator, Sequence
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic_core import to_json
 from sqlalchemy import Row, select
 
@@ -50,14 +50,15 @@ def csv_chunk(rows: Sequence[AnyRow]) -> bytes:
     responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}},
 )
 async def export_items(
-    resources: ResourcesDep, format: ExportFormat = ExportFormat.ndjson
+    resources: ResourcesDep,
+    export_format: Annotated[ExportFormat, Query(alias="format")] = ExportFormat.ndjson,
 ) -> ClosingStreamingResponse:
     """Every item, streamed: memory stays flat whatever the row count."""
     batch_size = resources.settings.app.export_batch_size
-    encode = ndjson_chunk if format is ExportFormat.ndjson else csv_chunk
+    encode = ndjson_chunk if export_format is ExportFormat.ndjson else csv_chunk
 
     async def body() -> AsyncGenerator[bytes]:
-        if format is ExportFormat.csv:
+        if export_format is ExportFormat.csv:
             yield CSV_HEADER.encode()
         # Its own session: the stream outlives the request's dependencies.
         async with resources.sessionmaker() as session:
@@ -67,8 +68,8 @@ async def export_items(
             async for rows in result.partitions():
                 yield encode(rows)
 
-    media_type = "application/x-ndjson" if format is ExportFormat.ndjson else "text/csv"
-    filename = f"items.{format.value}"
+    media_type = "application/x-ndjson" if export_format is ExportFormat.ndjson else "text/csv"
+    filename = f"items.{export_format.value}"
     return ClosingStreamingResponse(
         body(),
         media_type=media_type,

@@ -66,7 +66,7 @@ async def list_projects(
 
 @router.get("/cursor")
 async def list_projects_by_cursor(
-    request: Request, session: SessionDep, params: KeysetDep
+    session: SessionDep, settings: SettingsDep, params: KeysetDep
 ) -> CursorPage[ProjectPublic]:
     query = select(Project).options(_with_owner).order_by(Project.id).limit(params.limit + 1)
     if params.after_id is not None:
@@ -76,7 +76,7 @@ async def list_projects_by_cursor(
     projects = projects[: params.limit]
     return CursorPage[ProjectPublic](
         items=[ProjectPublic.model_validate(project) for project in projects],
-        next_cursor=next_cursor(request, projects[-1].id) if has_more else None,
+        next_cursor=next_cursor(settings, projects[-1].id) if has_more else None,
     )
 
 

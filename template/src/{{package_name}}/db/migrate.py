@@ -4,6 +4,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.engine import make_url
+
+from ..settings import DatabaseSettings
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -19,6 +22,10 @@ def alembic_config(database_url: str | None = None) -> Config:
 
 def upgrade(database_url: str | None = None, revision: str = "head") -> None:
     """Migrate to ``revision``. Calls ``asyncio.run``: never call it from a running event loop."""
+    url = make_url(database_url or DatabaseSettings().url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        # SQLite creates the file but not its directory (a fresh checkout has no var/).
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(database_url), revision)
 
 
