@@ -1,7 +1,9 @@
 """Command line: serve, migrate, seed."""
 
 import asyncio
-import logging
+import os
+import shutil
+import tempfile
 from typing import Annotated
 
 import typer
@@ -12,6 +14,7 @@ from .bench.command import bench
 from .db import migrate
 from .db.engine import create_engine
 from .db.seed import seed as seed_database
+from .logs import configure_logging
 from .settings import get_settings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True)
@@ -23,24 +26,43 @@ app.command()(bench)
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind", min=1, max=65535)] = 8000,
+    port: Annotated[int, typer.Option(help="Port to bind", min=1, max=65535, envvar="PORT")] = 8000,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes", min=1, envvar="WEB_CONCURRENCY")
+    ] = 1,
+    graceful_timeout: Annotated[
+        int, typer.Option(help="Seconds in-flight requests get to finish on SIGTERM", min=0)
+    ] = 20,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development)")] = False,
 ) -> None:
     """Run the service with uvicorn (uvloop and httptools where available)."""
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.app.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    uvicorn.run(
-        f"{__package__}.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        reload=reload,
-        loop="auto",
-        http="httptools",
-        log_level=settings.app.log_level.lower(),
-    )
+    configure_logging(settings.app)
+    # Workers are separate processes: their Prometheus metrics meet in files in one directory,
+    # which must be set before they start and be empty at each start.
+    metrics_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="prometheus-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run(
+            f"{__package__}.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            reload=reload,
+            loop="auto",
+            http="httptools",
+            timeout_graceful_shutdown=graceful_timeout,
+            # Logging is configure_logging's; the access log (with request ids) is the app's.
+            log_config=None,
+            access_log=False,
+            log_level=settings.app.log_level.lower(),
+        )
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @db_app.command("upgrade")

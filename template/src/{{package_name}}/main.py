@@ -8,8 +8,13 @@ from starlette.middleware.gzip import GZipMiddleware
 from .api import api_router
 from .api.health import router as health_router
 from .lifespan import lifespan
+from .logs import configure_logging
+from .metrics import MetricsMiddleware
+from .metrics import router as metrics_router
 from .middleware import TimingMiddleware
+from .request_log import AccessLogMiddleware
 from .settings import Settings, get_settings
+from .tracing import telemetry_config
 
 GZIP_MINIMUM_BYTES = 1000
 # Level 6 is ~4x faster than Starlette's default 9 for output only a few percent larger.
@@ -18,10 +23,13 @@ GZIP_LEVEL = 6
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title=settings.app.name, lifespan=lifespan)
+    configure_logging(settings.app)
+    app = FastAPI(title=settings.app.name, lifespan=lifespan, telemetry=telemetry_config(settings))
     app.state.settings = settings
     app.include_router(health_router)
     app.include_router(api_router)
+    if settings.app.metrics_enabled:
+        app.include_router(metrics_router)
 
     retry_after = str(max(1, round(settings.database.pool_timeout_seconds)))
 
@@ -37,4 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Last added runs first: timing wraps compression, so X-Process-Time includes it.
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=GZIP_LEVEL)
     app.add_middleware(TimingMiddleware, slow_request_ms=settings.app.slow_request_ms)
+    if settings.app.metrics_enabled:
+        app.add_middleware(MetricsMiddleware)
+    # Outermost: the request id is set before any other middleware logs.
+    app.add_middleware(AccessLogMiddleware)
     return app

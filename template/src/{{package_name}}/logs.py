@@ -1,0 +1,85 @@
+"""Logging: JSON lines in production, readable lines in development, a request id on every line.
+
+``configure_logging`` is the one place that sets logging up; ``create_app`` and the CLI call it.
+It replaces only the handler it installed itself, so calling it again (one app per test) is
+harmless and leaves other handlers (pytest's log capture) alone.
+"""
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+from .settings import AppSettings
+
+# Set by the access log middleware for the duration of a request; tasks started inside the
+# request copy the context, so their lines carry the id too.
+current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s [%(request_id)s] %(name)s: %(message)s"
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged.
+_RECORD_ATTRIBUTES = frozenset(
+    logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
+    | {"message", "asctime", "request_id", "taskName"}
+)
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamps ``record.request_id`` (``-`` outside a request) for the formatters."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = current_request_id.get() or "-"
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id and ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", "-")
+        if request_id != "-":
+            entry["request_id"] = request_id
+        entry.update(
+            (key, value) for key, value in record.__dict__.items() if key not in _RECORD_ATTRIBUTES
+        )
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class _ServiceHandler(logging.StreamHandler[Any]):
+    """The handler ``configure_logging`` owns (found again by its type)."""
+
+
+def log_format(settings: AppSettings) -> str:
+    if settings.log_format != "auto":
+        return settings.log_format
+    return "json" if settings.environment == "production" else "text"
+
+
+def configure_logging(settings: AppSettings) -> None:
+    handler = _ServiceHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    if log_format(settings) == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _ServiceHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
+    # uvicorn's loggers go through the root handler; its access log is replaced by ours.
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").disabled = True

@@ -1,0 +1,129 @@
+"""Prometheus metrics: requests by route template, database pool use, cache hits and misses.
+
+Labels stay bounded: routes are templates (``/api/v1/projects/{project_id}``, ``unmatched`` for
+404s), methods outside the standard set count as ``other``.
+
+With several worker processes (``serve --workers N``) every process writes its values to files
+in ``PROMETHEUS_MULTIPROC_DIR`` and ``GET /metrics`` adds them up, whichever worker answers. The
+variable must be set before this module is imported; ``serve`` does that for its workers.
+"""
+
+import os
+import time
+
+from fastapi import APIRouter, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .request_log import route_template
+
+MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+REQUESTS = Counter("http_requests_total", "HTTP requests handled.", ("method", "route", "status"))
+REQUEST_SECONDS = Histogram(
+    "http_request_duration_seconds",
+    "Time from the request's arrival to the end of its response body.",
+    ("method", "route", "status"),
+)
+# livesum: with several workers, the sum over the processes that are running.
+POOL_CHECKED_OUT = Gauge(
+    "db_pool_checked_out_connections",
+    "Database connections in use (checked out of the pool).",
+    multiprocess_mode="livesum",
+)
+POOL_OVERFLOW = Gauge(
+    "db_pool_overflow_connections",
+    "Connections in use beyond pool_size (taken from max_overflow).",
+    multiprocess_mode="livesum",
+)
+POOL_SIZE = Gauge(
+    "db_pool_size_connections",
+    "Connections the pool keeps open (pool_size).",
+    multiprocess_mode="livesum",
+)
+CACHE_LOOKUPS = Counter("cache_lookups_total", "Cache lookups by result.", ("result",))
+_CACHE_HIT = CACHE_LOOKUPS.labels("hit")
+_CACHE_MISS = CACHE_LOOKUPS.labels("miss")
+
+
+def record_cache_lookup(hit: bool) -> None:
+    (_CACHE_HIT if hit else _CACHE_MISS).inc()
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by method, route template and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            labels = (method, route_template(scope), str(status))
+            REQUESTS.labels(*labels).inc()
+            REQUEST_SECONDS.labels(*labels).observe(time.perf_counter() - start)
+
+
+def observe_pool(engine: AsyncEngine, pool_size: int) -> None:
+    """Keep the pool gauges current from checkout/checkin events (a counter update each).
+
+    Events rather than reading the pool at scrape time, so that every worker's pool is counted,
+    not only the pool of the worker that answers the scrape.
+    """
+    checked_out = 0
+    POOL_SIZE.set(pool_size)
+
+    def update(delta: int) -> None:
+        nonlocal checked_out
+        checked_out += delta
+        POOL_CHECKED_OUT.set(checked_out)
+        POOL_OVERFLOW.set(max(0, checked_out - pool_size))
+
+    pool = engine.sync_engine.pool
+    event.listen(pool, "checkout", lambda *_: update(1))
+    event.listen(pool, "checkin", lambda *_: update(-1))
+
+
+def process_stopped() -> None:
+    """Drop this worker's live gauges from the shared directory (its counters stay counted)."""
+    if os.environ.get(MULTIPROC_DIR_VARIABLE):
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+router = APIRouter()
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics() -> Response:
+    # Plain def: reading the multiprocess files is blocking I/O, so it runs in the threadpool.
+    registry = REGISTRY
+    if os.environ.get(MULTIPROC_DIR_VARIABLE):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,100 @@
+"""Request ids and the access log: one pure ASGI middleware, the outermost one.
+
+Every request gets an id: the client's ``X-Request-ID`` when it is a sane token, a fresh uuid4
+otherwise. It is returned in the response's ``X-Request-ID`` header and stamped on every log line
+written while the request runs (see ``logs.py``), so one grep finds all of a request's lines.
+"""
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .logs import current_request_id
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# Letters, digits and ._- only: the id goes into log lines and headers, never anything else.
+VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+access_logger = logging.getLogger(f"{__package__}.access")
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path format (``/api/v1/projects/{project_id}``), ``unmatched`` when
+    no route matched: a bounded value, unlike the raw path. Read it after the app has run.
+
+    FastAPI (0.165+) keeps included routers whole, so ``scope["route"]`` is the route as its
+    APIRouter declared it, without the ``include_router`` prefix; the full template is in the
+    route context FastAPI keeps in the scope (what its own telemetry reports as ``http.route``).
+    """
+    context = scope.get("fastapi", {}).get("effective_route_context")
+    for candidate in (
+        getattr(getattr(context, "starlette_route", None), "path_format", None),
+        getattr(context, "path_format", None),
+        getattr(scope.get("route"), "path_format", None),
+    ):
+        if isinstance(candidate, str) and candidate:
+            return candidate
+    return "unmatched"
+
+
+def incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            return candidate if VALID_REQUEST_ID.fullmatch(candidate) else None
+    return None
+
+
+class AccessLogMiddleware:
+    """Assigns the request id and writes one access log line per request: method, route
+    template, status and duration (to the end of the response body)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = incoming_request_id(scope) or uuid.uuid4().hex
+        token = current_request_id.set(request_id)
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+            await send(message)
+
+        error: Exception | None = None
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            duration_ms = (time.perf_counter() - start) * 1000
+            route = route_template(scope)
+            access_logger.log(
+                logging.INFO if error is None else logging.ERROR,
+                "%s %s %d %.1f ms",
+                scope["method"],
+                route,
+                status,
+                duration_ms,
+                extra={
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(duration_ms, 2),
+                },
+                # An unhandled error's traceback goes on the line that carries the request id.
+                exc_info=error,
+            )
+            current_request_id.reset(token)
