@@ -1,0 +1,427 @@
+"""`copier update`, the way a team uses it: from an older template version over a project with
+committed edits, with no template change, and to switch an answer and back.
+
+The template is released into a temporary git repository: 0.1.0 is this working tree (uncommitted
+edits included) and 0.2.0 a realistic next version built by `_release_next_version`, so the tests
+never depend on this repository's own tags. Copier runs from this environment's Python, with
+--trust, exactly as README.md tells users to run it.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+from conftest import TOOL_DIRS, project_env, run_ok
+from template_config import REPO_ROOT, Combination
+
+V1, V2 = "0.1.0", "0.2.0"
+# author_name is renamed to maintainer_name in 0.2.0: its answer must survive the rename.
+ANSWERS = {"project_name": "Update Demo", "author_name": "Jane Doe"}
+SRC = "src/update_demo"
+MEMORY = Combination({"orm": "sqlalchemy", "database": "sqlite", "cache_backend": "memory"})
+REDIS = Combination({**MEMORY.answers, "cache_backend": "redis"})
+
+COPIER = [sys.executable, "-m", "copier"]
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Template Tests",
+    "GIT_AUTHOR_EMAIL": "template-tests@example.com",
+    "GIT_COMMITTER_NAME": "Template Tests",
+    "GIT_COMMITTER_EMAIL": "template-tests@example.com",
+}
+# Copier's inline conflicts; the "|||||||" part (the old template's lines) is there only with
+# git's diff3 conflict style.
+OURS, END = "<<<<<<< before updating", ">>>>>>> after updating"
+CONFLICT = re.compile(
+    rf"^{OURS}\n(?P<ours>.*?)(?:^\|{{7}} [^\n]*\n.*?)?^=======\n(?P<theirs>.*?)^{END}\n",
+    re.MULTILINE | re.DOTALL,
+)
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _env() -> dict[str, str]:
+    return project_env(None, **GIT_IDENTITY)
+
+
+def git(cwd: Path, *args: str) -> str:
+    return run_ok(["git", "-c", "commit.gpgsign=false", *args], cwd, _env())
+
+
+def commit(project: Path, message: str) -> None:
+    git(project, "add", "--all")
+    git(project, "commit", "--quiet", "--allow-empty", "-m", message)
+
+
+def copier_copy(template: Path, project: Path, ref: str, **data: str) -> None:
+    answers = [arg for item in {**ANSWERS, **data}.items() for arg in ("-d", "=".join(item))]
+    run_ok(
+        [*COPIER, "copy", "--trust", "--defaults", f"--vcs-ref={ref}", *answers]
+        + [str(template), str(project)],
+        project.parent,
+        _env(),
+    )
+
+
+def copier_update(project: Path, **data: str) -> str:
+    """The command README.md documents: the latest tag, every recorded answer kept."""
+    answers = [arg for item in data.items() for arg in ("-d", "=".join(item))]
+    return run_ok([*COPIER, "update", "--trust", "--defaults", *answers], project, _env())
+
+
+def recorded_answers(project: Path) -> dict[str, object]:
+    return yaml.safe_load((project / ".copier-answers.yml").read_text(encoding="utf-8"))
+
+
+def dependencies(project: Path) -> set[str]:
+    data = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
+    return {Requirement(spec).name for spec in data["project"]["dependencies"]}
+
+
+def locked_packages(project: Path) -> set[str]:
+    data = tomllib.loads((project / "uv.lock").read_text(encoding="utf-8"))
+    return {package["name"] for package in data["package"]}
+
+
+def project_files(project: Path) -> list[Path]:
+    return [
+        path
+        for path in project.rglob("*")
+        if path.is_file() and not TOOL_DIRS.intersection(path.relative_to(project).parts)
+    ]
+
+
+def files_with_markers(project: Path) -> set[str]:
+    found = set()
+    for path in project_files(project):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        if OURS in text or END in text:
+            found.add(path.relative_to(project).as_posix())
+    return found
+
+
+def conflicts(path: Path) -> list[tuple[str, str]]:
+    """(before updating, after updating) of every conflict in the file."""
+    return [(match["ours"], match["theirs"]) for match in CONFLICT.finditer(path.read_text())]
+
+
+def resolve(path: Path, keep: str) -> None:
+    path.write_text(CONFLICT.sub(lambda match: match[keep], path.read_text()))
+
+
+def run_project_tests(project: Path, combo: Combination) -> None:
+    # --locked: the lock copier's tasks left must already match pyproject.toml.
+    run_ok(["uv", "sync", "--locked"], project, project_env(combo))
+    run_ok(["uv", "run", "pytest", "-q"], project, project_env(combo))
+
+
+def replace_once(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    if old not in text:
+        pytest.fail(
+            f"{path.name} no longer contains {old!r}: adapt the edit in tests/test_update.py to "
+            "the template",
+            pytrace=False,
+        )
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- the two versions
+
+# 0.2.0, as a template maintainer would write it: a new setting, a changed middleware line,
+# streaming.py renamed to responses.py, and the question author_name renamed to maintainer_name.
+# The last two need the _migrations entries below; a three-way merge cannot express them.
+V2_NEW_SETTING = '    request_id_header: str = "X-Request-ID"\n'
+V2_MIDDLEWARE_LINE = "        self.slow_request_seconds = max(slow_request_ms, 1.0) / 1000\n"
+V1_MIDDLEWARE_LINE = "        self.slow_request_seconds = slow_request_ms / 1000\n"
+V2_MIGRATIONS = """\
+_migrations:
+  - version: "0.2.0"
+    when: "{{ _stage == 'before' }}"
+    command:
+      - "{{ _copier_python }}"
+      - "{{ _copier_conf.src_path }}/hooks/rename_answer.py"
+      - "{{ _copier_conf.answers_file }}"
+      - author_name
+      - maintainer_name
+  - version: "0.2.0"
+    when: "{{ _stage == 'before' }}"
+    command:
+      - "{{ _copier_python }}"
+      - "{{ _copier_conf.src_path }}/hooks/move_path.py"
+      - "{{ _copier_conf.answers_file }}"
+      - src/{package_name}/streaming.py
+      - src/{package_name}/responses.py
+"""
+
+
+def _release_next_version(repo: Path) -> None:
+    package = repo / "template" / "src" / "{{package_name}}"
+    replace_once(
+        package / "settings.py.jinja",
+        '    model_config = _config("APP_")\n\n',
+        f'    model_config = _config("APP_")\n\n{V2_NEW_SETTING}',
+    )
+    replace_once(package / "middleware.py", V1_MIDDLEWARE_LINE, V2_MIDDLEWARE_LINE)
+    git(repo, "mv", str(package / "streaming.py"), str(package / "responses.py"))
+    for path in package.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace("from ..streaming import", "from ..responses import"))
+    replace_once(repo / "copier.yml", "\nauthor_name:\n", "\nmaintainer_name:\n")
+    replace_once(
+        repo / "template" / "pyproject.toml.jinja", "{{ author_name }}", "{{ maintainer_name }}"
+    )
+    replace_once(repo / "copier.yml", "\n_migrations:\n", "\n" + V2_MIGRATIONS)
+    commit(repo, f"release {V2}")
+    git(repo, "tag", V2)
+
+
+@pytest.fixture(scope="module")
+def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git repository holding the template, tagged 0.1.0 (this working tree) and 0.2.0."""
+    repo = tmp_path_factory.mktemp("template") / "copier-fastapi-perf"
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():  # tracked files deleted in the working tree are not part of it
+            target = repo / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+            target.chmod(source.stat().st_mode)
+    git(repo, "init", "--quiet")
+    commit(repo, f"release {V1}")
+    git(repo, "tag", V1)
+    _release_next_version(repo)
+    return repo
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+def _hook(name: str, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "hooks" / name), *args],
+        cwd=cwd,
+        env={**_env(), **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_git_init_hook_is_idempotent_and_respects_an_enclosing_repository(tmp_path: Path) -> None:
+    service = tmp_path / "service"
+    service.mkdir()
+    for _ in range(2):
+        assert _hook("git_init.py", service).returncode == 0
+    assert (service / ".git").is_dir()
+
+    # A service generated inside a repository (a monorepo) stays part of it.
+    nested = service / "services" / "demo"
+    nested.mkdir(parents=True)
+    assert _hook("git_init.py", nested).returncode == 0
+    assert not (nested / ".git").exists()
+
+
+def test_uv_lock_hook_without_uv_says_what_to_do(tmp_path: Path) -> None:
+    result = _hook("uv_lock.py", tmp_path, PATH=str(tmp_path))
+
+    assert result.returncode == 0
+    assert "uv not found" in result.stderr
+    assert "uv lock" in result.stderr
+
+
+def test_migration_hooks_are_idempotent(tmp_path: Path) -> None:
+    git(tmp_path, "init", "--quiet")
+    answers = tmp_path / ".copier-answers.yml"
+    answers.write_text("_commit: 0.1.0\nauthor_name: Jane Doe\npackage_name: demo\n")
+    (tmp_path / "src" / "demo").mkdir(parents=True)
+    (tmp_path / "src" / "demo" / "streaming.py").write_text("# edited by the team\n")
+    commit(tmp_path, "project")
+    rename = (answers.name, "author_name", "maintainer_name")
+    move = (answers.name, "src/{package_name}/streaming.py", "src/{package_name}/responses.py")
+
+    for _ in range(2):
+        assert _hook("rename_answer.py", tmp_path, *rename).returncode == 0
+        assert _hook("move_path.py", tmp_path, *move).returncode == 0
+
+    assert answers.read_text() == "_commit: 0.1.0\nmaintainer_name: Jane Doe\npackage_name: demo\n"
+    assert (tmp_path / "src/demo/responses.py").read_text() == "# edited by the team\n"
+    assert not (tmp_path / "src/demo/streaming.py").exists()
+    # The move is staged, as a rename: copier merges what is in the index.
+    assert (
+        "R  src/demo/streaming.py -> src/demo/responses.py"
+        in git(tmp_path, "status", "--porcelain").splitlines()
+    )
+
+
+# --------------------------------------------------------------------------- updates
+
+WIDGETS = '''\
+"""Widgets: an endpoint the team added."""
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/widgets", tags=["widgets"])
+
+
+@router.get("")
+async def list_widgets() -> list[str]:
+    return ["sprocket"]
+'''
+WIDGETS_REGISTRATION = (
+    "\nfrom . import widgets  # noqa: E402\n\napi_router.include_router(widgets.router)\n"
+)
+WIDGETS_TEST = """\
+import httpx
+
+
+async def test_widgets(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/widgets")
+
+    assert response.json() == ["sprocket"]
+"""
+USER_SETTING = (
+    "ttl_seconds: int = Field(default=60, ge=1)",
+    "ttl_seconds: int = Field(default=300, ge=1)",
+)
+USER_MIDDLEWARE_LINE = (
+    "        self.slow_request_seconds = slow_request_ms / 1000 / 2  # log sooner\n"
+)
+USER_STREAMING_LINE = "# Kept by the team: every export goes through ClosingStreamingResponse.\n"
+
+
+def _add_widgets_endpoint(project: Path) -> None:
+    (project / SRC / "api" / "widgets.py").write_text(WIDGETS)
+    init = project / SRC / "api" / "__init__.py"
+    init.write_text(init.read_text() + WIDGETS_REGISTRATION)
+    (project / "tests" / "test_widgets.py").write_text(WIDGETS_TEST)
+
+
+def test_update_to_the_next_version_keeps_every_user_edit(
+    template_repo: Path, tmp_path: Path
+) -> None:
+    project = tmp_path / "update-demo"
+    copier_copy(template_repo, project, V1)
+
+    # The copy tasks made a git repository and pinned the dependencies.
+    assert (project / ".git").is_dir()
+    assert (project / "uv.lock").is_file()
+    answers = recorded_answers(project)
+    assert (answers["_commit"], answers["_src_path"]) == (V1, str(template_repo))
+    commit(project, "Generate the service")
+
+    _add_widgets_endpoint(project)
+    replace_once(project / SRC / "settings.py", *USER_SETTING)
+    replace_once(project / SRC / "middleware.py", V1_MIDDLEWARE_LINE, USER_MIDDLEWARE_LINE)
+    streaming = project / SRC / "streaming.py"
+    streaming.write_text(streaming.read_text() + "\n" + USER_STREAMING_LINE)
+    commit(project, "Our changes")
+
+    output = copier_update(project)
+
+    assert f"Updating to template version {V2}" in output
+    answers = recorded_answers(project)
+    assert answers["_commit"] == V2
+    # The renamed question kept its answer (without the migration: the new default).
+    assert answers["maintainer_name"] == "Jane Doe"
+    assert "author_name" not in answers
+    assert 'name = "Jane Doe"' in (project / "pyproject.toml").read_text()
+    # The template's change arrived, and the user's change to the same file is still there.
+    settings = (project / SRC / "settings.py").read_text()
+    assert V2_NEW_SETTING in settings
+    assert USER_SETTING[1] in settings
+    # The moved file took the user's edit with it (see the conflicts below), and its importer
+    # follows the move.
+    assert not streaming.exists()
+    assert "from ..responses import" in (project / SRC / "api" / "items.py").read_text()
+    # The new endpoint, its registration and its test are untouched.
+    assert (project / SRC / "api" / "widgets.py").read_text() == WIDGETS
+    assert (project / SRC / "api" / "__init__.py").read_text().endswith(WIDGETS_REGISTRATION)
+    assert (project / "tests" / "test_widgets.py").read_text() == WIDGETS_TEST
+    # What a merge cannot settle is an inline conflict, marked unmerged for git; no .rej files.
+    # The line both sides changed:
+    middleware = f"{SRC}/middleware.py"
+    # The moved file: git has no common ancestor at the new path, so the user's edit shows as a
+    # conflict against the template's version instead of being deleted with the old path.
+    responses = f"{SRC}/responses.py"
+    assert not [path for path in project_files(project) if path.suffix == ".rej"]
+    assert files_with_markers(project) == {middleware, responses}
+    assert set(git(project, "diff", "--name-only", "--diff-filter=U").split()) == {
+        middleware,
+        responses,
+    }
+    assert conflicts(project / middleware) == [(USER_MIDDLEWARE_LINE, V2_MIDDLEWARE_LINE)]
+    assert conflicts(project / responses) == [("\n" + USER_STREAMING_LINE, "")]
+
+    # Resolve them as README.md says (here: the template's line, and the team's addition), then
+    # run the project's own tests.
+    resolve(project / middleware, keep="theirs")
+    resolve(project / responses, keep="ours")
+    git(project, "add", middleware, responses)
+    run_project_tests(project, MEMORY)
+
+
+def test_update_without_template_change_changes_nothing(
+    template_repo: Path, tmp_path: Path
+) -> None:
+    project = tmp_path / "update-demo"
+    copier_copy(template_repo, project, V2)
+    commit(project, "Generate the service")
+    _add_widgets_endpoint(project)
+    replace_once(project / SRC / "settings.py", *USER_SETTING)
+    commit(project, "Our changes")
+    head = git(project, "rev-parse", "HEAD")
+
+    output = copier_update(project)
+
+    assert f"Keeping template version {V2}" in output
+    assert git(project, "status", "--porcelain", "--untracked-files=all") == ""
+    assert git(project, "rev-parse", "HEAD") == head
+
+
+def test_switching_the_cache_backend_and_back(template_repo: Path, tmp_path: Path, servers) -> None:
+    project = tmp_path / "update-demo"
+    copier_copy(template_repo, project, V2, cache_backend="memory")
+    commit(project, "Generate the service")
+    generated = git(project, "rev-parse", "HEAD").strip()
+    cache_redis = project / SRC / "cache_redis.py"
+    assert not cache_redis.exists()
+    assert "redis" not in dependencies(project) | locked_packages(project)
+
+    copier_update(project, cache_backend="redis")
+
+    assert recorded_answers(project)["cache_backend"] == "redis"
+    assert cache_redis.is_file()
+    assert "redis" in dependencies(project)
+    assert "redis" in locked_packages(project)  # re-locked after the merge
+    assert "REDIS_URL=" in (project / ".env.example").read_text()
+    assert files_with_markers(project) == set()
+    assert not [path for path in project_files(project) if path.suffix == ".rej"]
+    servers.require(REDIS)
+    run_project_tests(project, REDIS)  # against the real Redis
+    commit(project, "Switch to Redis")
+
+    copier_update(project, cache_backend="memory")
+
+    assert recorded_answers(project)["cache_backend"] == "memory"
+    assert not cache_redis.exists()
+    assert "redis" not in dependencies(project) | locked_packages(project)
+    # Back exactly where it started: the files of the Redis variant are gone, nothing is left over.
+    assert git(project, "diff", generated, "--stat") == ""
+    assert git(project, "ls-files", "--others", "--exclude-standard") == ""
