@@ -21,6 +21,7 @@ class LoadResult:
     errors: int
     p50_ms: float
     p99_ms: float
+    server_cpu_us: float = 0.0  # the server's CPU time per request, filled in by the runner
 
 
 class LoadGenerator:
@@ -39,7 +40,6 @@ class LoadGenerator:
         *,
         connections: int,
         duration: float,
-        warmup: float,
         headers: dict[str, str] | None = None,
     ) -> LoadResult:
         result = run_python(
@@ -50,7 +50,6 @@ class LoadGenerator:
                 path=path,
                 connections=connections,
                 duration=duration,
-                warmup=warmup,
                 headers=headers or {},
             ),
         )
@@ -103,7 +102,7 @@ def parse_wrk(output: str, seconds: float) -> LoadResult:
         errors += sum(int(n) for n in socket.groups())
     if non_2xx := re.search(r"Non-2xx or 3xx responses: (\d+)", output):
         errors += int(non_2xx.group(1))
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.MULTILINE))
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", output, re.MULTILINE))
     return LoadResult(
         requests=requests,
         seconds=seconds,
@@ -135,39 +134,26 @@ class Wrk(LoadGenerator):
         *,
         connections: int,
         duration: float,
-        warmup: float,
         headers: dict[str, str] | None = None,
     ) -> LoadResult:
         url = f"http://{self.host}:{port}{path}"
         header_args = [
             arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")
         ]
-        # wrk takes whole seconds only.
-        runs = [(max(1, round(warmup)), False)] if warmup > 0 else []
-        runs.append((max(1, round(duration)), True))
-        result = None
-        for seconds, measured in runs:
-            command = [
-                *self.pin,
-                self.executable,
-                "-t1",
-                f"-c{connections}",
-                f"-d{seconds}s",
-                "--timeout",
-                "30s",
-                "--latency",
-                *header_args,
-                url,
-            ]
-            completed = subprocess.run(  # noqa: S603 - the wrk found on PATH
-                command, capture_output=True, text=True, check=False, timeout=seconds + 120
-            )
-            if completed.returncode != 0:
-                raise RuntimeError(f"wrk failed: {completed.stderr.strip()[-2000:]}")
-            if measured:
-                result = parse_wrk(completed.stdout, seconds)
-        assert result is not None
-        return result
+        seconds = max(1, round(duration))  # wrk takes whole seconds only
+        command = [
+            *self.pin, self.executable, "-t1", f"-c{connections}", f"-d{seconds}s",
+            "--timeout", "30s", "--latency", *header_args, url,
+        ]  # fmt: skip
+        completed = subprocess.run(  # noqa: S603 - the wrk found on PATH
+            command, capture_output=True, text=True, check=False, timeout=seconds + 120
+        )
+        if completed.returncode != 0:
+            raise RuntimeError(f"wrk failed: {completed.stderr.strip()[-2000:]}")
+        try:
+            return parse_wrk(completed.stdout, seconds)
+        except (AttributeError, KeyError, ValueError):
+            raise RuntimeError(f"unexpected wrk output:\n{completed.stdout}") from None
 
 
 def load_generator(choice: str, host: str, pin: list[str]) -> LoadGenerator:

@@ -35,6 +35,12 @@ class Server:
     def url(self, path: str) -> str:
         return f"http://{HOST}:{self.port}{path}"
 
+    def cpu_seconds(self) -> float:
+        import psutil
+
+        times = psutil.Process(self.process.pid).cpu_times()
+        return float(times.user + times.system)
+
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
 
