@@ -144,6 +144,9 @@ def replace_once(path: Path, old: str, new: str) -> None:
 V2_NEW_SETTING = '    request_id_header: str = "X-Request-ID"\n'
 V2_MIDDLEWARE_LINE = "        self.slow_request_seconds = max(slow_request_ms, 1.0) / 1000\n"
 V1_MIDDLEWARE_LINE = "        self.slow_request_seconds = slow_request_ms / 1000\n"
+# Must never reach a project: existing Alembic revisions are in _skip_if_exists.
+V2_REVISION_LINE = "# Edited in 0.2.0.\n"
+REVISION = "db/migrations/versions/0001_initial.py"
 V2_MIGRATIONS = """\
 _migrations:
   - version: "0.2.0"
@@ -173,6 +176,8 @@ def _release_next_version(repo: Path) -> None:
         f'    model_config = _config("APP_")\n\n{V2_NEW_SETTING}',
     )
     replace_once(package / "middleware.py", V1_MIDDLEWARE_LINE, V2_MIDDLEWARE_LINE)
+    revision = package / REVISION
+    revision.write_text(revision.read_text() + V2_REVISION_LINE)
     git(repo, "mv", str(package / "streaming.py"), str(package / "responses.py"))
     for path in package.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
@@ -327,6 +332,10 @@ def test_update_to_the_next_version_keeps_every_user_edit(
     commit(project, "Generate the service")
 
     _add_widgets_endpoint(project)
+    env_file = project / ".env"  # gitignored: never committed, never touched
+    env_file.write_text((project / ".env.example").read_text() + "CACHE_TTL_SECONDS=5\n")
+    env_before = env_file.read_text()
+    revision_before = (project / SRC / REVISION).read_text()
     replace_once(project / SRC / "settings.py", *USER_SETTING)
     replace_once(project / SRC / "middleware.py", V1_MIDDLEWARE_LINE, USER_MIDDLEWARE_LINE)
     streaming = project / SRC / "streaming.py"
@@ -354,6 +363,9 @@ def test_update_to_the_next_version_keeps_every_user_edit(
     assert (project / SRC / "api" / "widgets.py").read_text() == WIDGETS
     assert (project / SRC / "api" / "__init__.py").read_text().endswith(WIDGETS_REGISTRATION)
     assert (project / "tests" / "test_widgets.py").read_text() == WIDGETS_TEST
+    # What the user owns: their .env, and the Alembic revision the template changed.
+    assert env_file.read_text() == env_before
+    assert (project / SRC / REVISION).read_text() == revision_before
     # What a merge cannot settle is an inline conflict, marked unmerged for git; no .rej files.
     # The line both sides changed:
     middleware = f"{SRC}/middleware.py"
