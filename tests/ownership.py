@@ -21,7 +21,12 @@ class Owned:
 
 
 RULES: tuple[Owned, ...] = (
-    Owned("cache_backend", "redis", files=("cache_redis.py",), dependencies=("redis",)),
+    Owned(
+        "cache_backend",
+        "redis",
+        files=("cache_redis.py",),
+        dependencies=("redis", "opentelemetry-instrumentation-redis"),
+    ),
     Owned("database", "postgresql", dependencies=("asyncpg",)),
     Owned("database", "sqlite", dependencies=("aiosqlite",)),
 )
