@@ -3,30 +3,21 @@
 import csv
 import io
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic_core import to_json
-from sqlalchemy import Row, select
 
-from ..db.models import Item
+from ..db import queries
+from ..db.queries import EXPORT_COLUMNS
 from ..lifespan import ResourcesDep
 from ..streaming import ClosingStreamingResponse
 
 router = APIRouter(prefix="/items", tags=["items"])
 
-AnyRow = Row[*tuple[Any, ...]]
-
-EXPORT_COLUMNS = (
-    Item.id,
-    Item.project_id,
-    Item.name,
-    Item.price_cents,
-    Item.quantity,
-    Item.created_at,
-)
-CSV_HEADER = ",".join(column.key for column in EXPORT_COLUMNS) + "\r\n"
+CSV_HEADER = ",".join(EXPORT_COLUMNS) + "\r\n"
 
 
 class ExportFormat(StrEnum):
@@ -34,11 +25,11 @@ class ExportFormat(StrEnum):
     csv = "csv"
 
 
-def ndjson_chunk(rows: Sequence[AnyRow]) -> bytes:
-    return b"".join(to_json(row._asdict()) + b"\n" for row in rows)
+def ndjson_chunk(rows: Sequence[Sequence[Any]]) -> bytes:
+    return b"".join(to_json(dict(zip(EXPORT_COLUMNS, row, strict=True))) + b"\n" for row in rows)
 
 
-def csv_chunk(rows: Sequence[AnyRow]) -> bytes:
+def csv_chunk(rows: Sequence[Sequence[Any]]) -> bytes:
     buffer = io.StringIO()
     csv.writer(buffer).writerows(rows)
     return buffer.getvalue().encode()
@@ -60,12 +51,10 @@ async def export_items(
     async def body() -> AsyncGenerator[bytes]:
         if export_format is ExportFormat.csv:
             yield CSV_HEADER.encode()
-        # Its own session: the stream outlives the request's dependencies.
-        async with resources.sessionmaker() as session:
-            result = await session.stream(
-                select(*EXPORT_COLUMNS).order_by(Item.id).execution_options(yield_per=batch_size)
-            )
-            async for rows in result.partitions():
+        # Its own connection: the stream outlives the request's dependencies. aclosing: when
+        # the client goes away, the batches give their connection back now, not at GC time.
+        async with aclosing(queries.item_batches(resources, batch_size)) as batches:
+            async for rows in batches:
                 yield encode(rows)
 
     media_type = "application/x-ndjson" if export_format is ExportFormat.ndjson else "text/csv"
