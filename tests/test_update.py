@@ -147,6 +147,7 @@ V1_MIDDLEWARE_LINE = "        self.slow_request_seconds = slow_request_ms / 1000
 # Must never reach a project: existing Alembic revisions are in _skip_if_exists.
 V2_REVISION_LINE = "# Edited in 0.2.0.\n"
 REVISION = "db/migrations/versions/0001_initial.py"
+TEMPLATE_REVISION = "db/{% if orm == 'sqlalchemy' %}migrations{% endif %}/versions/0001_initial.py"
 V2_MIGRATIONS = """\
 _migrations:
   - version: "0.2.0"
@@ -176,7 +177,7 @@ def _release_next_version(repo: Path) -> None:
         f'    model_config = _config("APP_")\n\n{V2_NEW_SETTING}',
     )
     replace_once(package / "middleware.py", V1_MIDDLEWARE_LINE, V2_MIDDLEWARE_LINE)
-    revision = package / REVISION
+    revision = package / TEMPLATE_REVISION
     revision.write_text(revision.read_text() + V2_REVISION_LINE)
     git(repo, "mv", str(package / "streaming.py"), str(package / "responses.py"))
     for path in package.rglob("*.py"):
