@@ -15,13 +15,13 @@ def bench(
     projects: Annotated[int | None, typer.Option(min=100, help="Projects [100,000]")] = None,
     items: Annotated[int | None, typer.Option(min=1, help="Items [1,000,000]")] = None,
     duration: Annotated[
-        float | None, typer.Option(min=1, help="Seconds of load per measurement [3]")
+        float | None, typer.Option(min=1, help="Seconds of load per measurement [2]")
     ] = None,
     connections: Annotated[
         int, typer.Option(min=1, help="Concurrent connections for throughput")
     ] = 8,
     rounds: Annotated[
-        int | None, typer.Option(min=1, help="Interleaved rounds per comparison, best counts [3]")
+        int | None, typer.Option(min=1, help="Interleaved rounds per comparison, best counts [5]")
     ] = None,
     output: Annotated[Path, typer.Option(help="Directory for bench.md/json/png")] = Path(
         "bench-results"

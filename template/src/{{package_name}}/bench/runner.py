@@ -39,7 +39,7 @@ class BenchConfig:
     projects: int
     items: int
     duration: float  # seconds of measured load per endpoint
-    warmup: float  # seconds of unmeasured load before each measurement
+    warmup: float  # seconds of unmeasured load before each first round
     connections: int  # concurrent connections for throughput measurements
     pool_clients: int = 200
     stampede_clients: int = 100
@@ -78,11 +78,11 @@ class Bench:
         """Measure each load ``rounds`` times, interleaved (A B A B ...), and keep each one's best
         round: on a shared machine that is the round other work disturbed least."""
         best: dict[str, LoadResult] = {}
-        for _ in range(self.config.rounds):
+        for round_number in range(self.config.rounds):
             for load in loads:
                 server = self.servers[load.server]
                 connections = load.connections or self.config.connections
-                if self.config.warmup > 0:
+                if round_number == 0 and self.config.warmup > 0:
                     self.load.timed(
                         server.port,
                         load.path,

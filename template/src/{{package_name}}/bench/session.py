@@ -150,10 +150,10 @@ def run_bench(
         users=users or (100 if quick else 10_000),
         projects=projects or (2_000 if quick else 100_000),
         items=items or (20_000 if quick else 1_000_000),
-        duration=duration or (1.0 if quick else 3.0),
+        duration=duration or (1.0 if quick else 2.0),
         warmup=0.0 if quick else 1.0,
         connections=connections,
-        rounds=rounds or (1 if quick else 3),
+        rounds=rounds or (1 if quick else 5),
     )
     started = time.perf_counter()
     settings = get_settings()
@@ -210,7 +210,11 @@ def run_bench(
         },
         raw=runner.raw,
     )
+    report.machine["load average at end"] = " ".join(f"{n:.2f}" for n in os.getloadavg())
     paths = report.write(output)
+    for server in running.values():
+        if server.log_path.stat().st_size == 0:
+            server.log_path.unlink()  # keep only the logs that say something
     typer.echo(f"Load generator: {load.describe()}; {pinning}\n")
     typer.echo(report.markdown())
     _echo("wrote " + ", ".join(str(path) for path in paths.values()))
