@@ -10,7 +10,7 @@ import logging
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from .settings import AppSettings
 
@@ -56,8 +56,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-class _ServiceHandler(logging.StreamHandler[Any]):
-    """The handler ``configure_logging`` owns (found again by its type)."""
+class _ServiceHandler(logging.StreamHandler[TextIO]):
+    """The handler ``configure_logging`` owns (found again by its type). It writes to
+    ``sys.stderr`` as it is at each record, so a stream swapped out since (pytest's capture)
+    is never written to after it closed."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _stream: TextIO) -> None:
+        pass
 
 
 def log_format(settings: AppSettings) -> str:
@@ -67,7 +77,7 @@ def log_format(settings: AppSettings) -> str:
 
 
 def configure_logging(settings: AppSettings) -> None:
-    handler = _ServiceHandler(sys.stderr)
+    handler = _ServiceHandler()
     handler.addFilter(RequestIdFilter())
     if log_format(settings) == "json":
         handler.setFormatter(JsonFormatter())
