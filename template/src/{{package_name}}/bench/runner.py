@@ -164,7 +164,7 @@ def ceiling(bench: Bench) -> list[Figure]:
     return [
         Figure(
             1,
-            "cached `GET /projects/{id}` vs ceiling (req/s)",
+            "cached GET /projects/{id} vs ceiling (req/s)",
             cached.rps / top.rps,
             target_op=">=",
             target=0.8,
@@ -272,7 +272,7 @@ def _copy_rows_per_second(bench: Bench) -> tuple[float, str]:
             rows = 0
             while batch := cursor.fetchmany(10_000):
                 rows += len(batch)
-        return rows / (time.perf_counter() - started), "sqlite3 module raw fetch"
+        return rows / (time.perf_counter() - started), "sqlite3 raw fetch"
     psql = shutil.which("psql")
     if psql is None:
         raise RuntimeError("psql is not on PATH (Debian: apt-get install postgresql-client)")
@@ -296,7 +296,7 @@ def _copy_rows_per_second(bench: Bench) -> tuple[float, str]:
         rows += chunk.count(b"\n")
     if process.wait() != 0:
         raise RuntimeError(f"psql COPY exited {process.returncode}")
-    return rows / (time.perf_counter() - started), "COPY (row_to_json) TO STDOUT via psql"
+    return rows / (time.perf_counter() - started), "psql COPY row_to_json"
 
 
 def export(bench: Bench) -> list[Figure]:

@@ -97,8 +97,12 @@ def _server_env(
     }
 
 
+def _load_average() -> str:
+    return " ".join(f"{n:.2f}" for n in os.getloadavg())
+
+
 def _machine(
-    database: str, settings: Settings, load: str, pinning: str, note: str
+    database: str, settings: Settings, load: str, pinning: str, note: str, load_at_start: str
 ) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     meminfo = Path("/proc/meminfo")
@@ -123,7 +127,7 @@ def _machine(
         "server": "uvicorn, 1 worker, uvloop + httptools",
         "pinning": pinning,
         "load generator": load,
-        "load average at start": " ".join(f"{n:.2f}" for n in os.getloadavg()),
+        "load average at start": load_at_start,
     }
     if note:
         machine["note"] = note
@@ -156,6 +160,7 @@ def run_bench(
         rounds=rounds or (1 if quick else 5),
     )
     started = time.perf_counter()
+    load_at_start = _load_average()
     settings = get_settings()
     run_id = secrets.token_hex(4)
     prefix = f"bench-{run_id}:"
@@ -196,7 +201,7 @@ def run_bench(
 
     report = Report(
         figures=figures,
-        machine=_machine(database_version, settings, load.describe(), pinning, note),
+        machine=_machine(database_version, settings, load.describe(), pinning, note, load_at_start),
         config={
             "users": config.users,
             "projects": config.projects,
@@ -210,7 +215,7 @@ def run_bench(
         },
         raw=runner.raw,
     )
-    report.machine["load average at end"] = " ".join(f"{n:.2f}" for n in os.getloadavg())
+    report.machine["load average at end"] = _load_average()
     paths = report.write(output)
     for server in running.values():
         if server.log_path.stat().st_size == 0:
