@@ -63,13 +63,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
         await engine.dispose()
 
 
-def get_resources(request: Request) -> Resources:
+# Dependencies are `async def` even when they never await: FastAPI runs a plain `def` dependency
+# in its thread pool, a thread hop per dependency per request.
+
+
+def _resources(request: Request) -> Resources:
     resources: Resources = request.state.resources
     return resources
 
 
+async def get_resources(request: Request) -> Resources:
+    return _resources(request)
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with get_resources(request).sessionmaker() as session:
+    async with _resources(request).sessionmaker() as session:
         yield session
 
 
@@ -77,16 +85,16 @@ ResourcesDep = Annotated[Resources, Depends(get_resources)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-def get_cache(request: Request) -> Cache:
-    return get_resources(request).cache
+async def get_cache(request: Request) -> Cache:
+    return _resources(request).cache
 
 
-def get_http_client(request: Request) -> httpx.AsyncClient:
-    return get_resources(request).http
+async def get_http_client(request: Request) -> httpx.AsyncClient:
+    return _resources(request).http
 
 
-def get_settings_dep(request: Request) -> Settings:
-    return get_resources(request).settings
+async def get_settings_dep(request: Request) -> Settings:
+    return _resources(request).settings
 
 
 CacheDep = Annotated[Cache, Depends(get_cache)]

@@ -52,7 +52,7 @@ class OffsetParams(BaseModel):
         return (self.page - 1) * self.page_size
 
 
-def offset_params(
+async def offset_params(
     settings: SettingsDep,
     page: Annotated[int, Query(ge=1, description="1-based page number")] = 1,
     page_size: Annotated[int | None, Query(ge=1, description="Items per page")] = None,
@@ -99,7 +99,7 @@ class KeysetParams(BaseModel):
     after_id: int | None
 
 
-def keyset_params(
+async def keyset_params(
     settings: SettingsDep,
     limit: Annotated[int | None, Query(ge=1, description="Items per page")] = None,
     cursor: Annotated[
