@@ -1,0 +1,32 @@
+"""Copy task (orm=prisma): generate the Python Prisma client from prisma/schema.prisma with aprisma,
+the same command README.md documents for after a schema change.
+
+Runs in the project's own environment (`uv run`, so the aprisma version is the one pinned in
+pyproject.toml). Idempotent: regenerating writes the same files. Never fails the copy: without uv,
+or when the environment cannot be installed, it says what to run instead.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+COMMAND = ["aprisma", "generate", "--schema", "prisma/schema.prisma"]
+
+
+def main() -> int:
+    uv = shutil.which("uv")
+    manual = f"run `uv run {' '.join(COMMAND)}` in the project"
+    if uv is None:
+        print(f"uv not found: install uv, then {manual}", file=sys.stderr)
+        return 0
+    # The environment copier runs in (a virtualenv, uvx) is not the project's.
+    env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+    result = subprocess.run([uv, "run", "--quiet", *COMMAND], env=env, check=False)
+    if result.returncode != 0:
+        print(f"could not generate the Prisma client: {manual}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
