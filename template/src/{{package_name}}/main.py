@@ -9,7 +9,7 @@ from .api import api_router
 from .api.health import router as health_router
 from .lifespan import lifespan
 from .logs import configure_logging
-from .metrics import MetricsMiddleware
+from .metrics import observe_request
 from .metrics import router as metrics_router
 from .middleware import TimingMiddleware
 from .request_log import AccessLogMiddleware
@@ -45,8 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Last added runs first: timing wraps compression, so X-Process-Time includes it.
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=GZIP_LEVEL)
     app.add_middleware(TimingMiddleware, slow_request_ms=settings.app.slow_request_ms)
-    if settings.app.metrics_enabled:
-        app.add_middleware(MetricsMiddleware)
     # Outermost: the request id is set before any other middleware logs.
-    app.add_middleware(AccessLogMiddleware)
+    observe = observe_request if settings.app.metrics_enabled else None
+    app.add_middleware(AccessLogMiddleware, observe=observe)
     return app

@@ -9,7 +9,6 @@ variable must be set before this module is imported; ``serve`` does that for its
 """
 
 import os
-import time
 
 from fastapi import APIRouter, Response
 from prometheus_client import (
@@ -24,9 +23,6 @@ from prometheus_client import (
 )
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from .request_log import route_template
 
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -62,32 +58,11 @@ def record_cache_lookup(hit: bool) -> None:
     (_CACHE_HIT if hit else _CACHE_MISS).inc()
 
 
-class MetricsMiddleware:
-    """Counts and times every HTTP request by method, route template and status."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            method = scope["method"] if scope["method"] in _METHODS else "other"
-            labels = (method, route_template(scope), str(status))
-            REQUESTS.labels(*labels).inc()
-            REQUEST_SECONDS.labels(*labels).observe(time.perf_counter() - start)
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    """The access log middleware's observer: count and time one finished request."""
+    labels = (method if method in _METHODS else "other", route, str(status))
+    REQUESTS.labels(*labels).inc()
+    REQUEST_SECONDS.labels(*labels).observe(seconds)
 
 
 def observe_pool(engine: AsyncEngine, pool_size: int) -> None:

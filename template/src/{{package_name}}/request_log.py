@@ -9,6 +9,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,6 +21,9 @@ REQUEST_ID_HEADER = "X-Request-ID"
 VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 access_logger = logging.getLogger(f"{__package__}.access")
+
+# Called once per request with method, route template, status and seconds (the metrics).
+RequestObserver = Callable[[str, str, int, float], None]
 
 
 def route_template(scope: Scope) -> str:
@@ -51,10 +55,12 @@ def incoming_request_id(scope: Scope) -> str | None:
 
 class AccessLogMiddleware:
     """Assigns the request id and writes one access log line per request: method, route
-    template, status and duration (to the end of the response body)."""
+    template, status and duration (to the end of the response body). ``observe`` gets the same
+    facts for the metrics, so one middleware times each request once."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, observe: RequestObserver | None = None) -> None:
         self.app = app
+        self.observe = observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,8 +85,11 @@ class AccessLogMiddleware:
             error = exc
             raise
         finally:
-            duration_ms = (time.perf_counter() - start) * 1000
+            seconds = time.perf_counter() - start
+            duration_ms = seconds * 1000
             route = route_template(scope)
+            if self.observe is not None:
+                self.observe(scope["method"], route, status, seconds)
             access_logger.log(
                 logging.INFO if error is None else logging.ERROR,
                 "%s %s %d %.1f ms",
