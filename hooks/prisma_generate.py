@@ -22,8 +22,11 @@ def main() -> int:
         return 0
     # The environment copier runs in (a virtualenv, uvx) is not the project's.
     env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
-    result = subprocess.run([uv, "run", "--quiet", *COMMAND], env=env, check=False)
+    result = subprocess.run(
+        [uv, "run", "--quiet", *COMMAND], env=env, capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
+        print(result.stdout + result.stderr, file=sys.stderr)
         print(f"could not generate the Prisma client: {manual}", file=sys.stderr)
     return 0
 

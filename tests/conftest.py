@@ -244,13 +244,16 @@ def render(copie_session) -> Callable[[Combination], Rendered]:
 
 @pytest.fixture(scope="session")
 def synced(render) -> Callable[[Combination], Rendered]:
-    """A rendered combination whose own environment is installed with `uv sync`."""
+    """A rendered combination whose own environment is installed: `npm ci` (orm=prisma), then
+    `uv sync`, as its README says."""
 
     def _synced(combo: Combination) -> Rendered:
         project = render(combo)
         if project.sync_error is None:
             project.sync_error = "(uv sync failed)"
             try:
+                if project.combo.orm == "prisma":  # the Prisma CLI, pinned by package-lock.json
+                    run_ok(["npm", "ci"], project.project_dir, project_env(project.combo))
                 run_ok(["uv", "sync"], project.project_dir, project_env(project.combo))
             except pytest.fail.Exception as exc:
                 project.sync_error = str(exc).splitlines()[0]
