@@ -39,14 +39,15 @@ async def _load_page(db: Db, params: OffsetParams) -> bytes:
 
 
 @router.get("", response_model=Page[ProjectPublic])
-async def list_projects(
-    request: Request, db: DbDep, cache: CacheDep, settings: SettingsDep, params: OffsetDep
-) -> Response:
+async def list_projects(request: Request, resources: ResourcesDep, params: OffsetDep) -> Response:
     async def load() -> bytes:
-        return await _load_page(db, params)
+        # A session only on a miss: a cache hit never touches the database layer.
+        async with queries.open_db(resources) as db:
+            return await _load_page(db, params)
 
-    if params.page > settings.cache.cached_list_pages:
+    if params.page > resources.settings.cache.cached_list_pages:
         return json_with_etag(request, await load())
+    cache = resources.cache
     key = await cache.namespace_key(LIST_NAMESPACE, params.page, params.page_size)
     return await cached_json(request, cache, key, load)
 
@@ -69,11 +70,12 @@ def _not_found(project_id: int) -> HTTPException:
 
 
 @router.get("/{project_id}", response_model=ProjectPublic)
-async def get_project(
-    project_id: ProjectId, request: Request, db: DbDep, cache: CacheDep
-) -> Response:
+async def get_project(project_id: ProjectId, request: Request, resources: ResourcesDep) -> Response:
+    cache = resources.cache
+
     async def load() -> bytes:
-        project = await queries.get_project(db, project_id)
+        async with queries.open_db(resources) as db:
+            project = await queries.get_project(db, project_id)
         if project is None:
             raise _not_found(project_id)
         return project.model_dump_json().encode()
