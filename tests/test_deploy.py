@@ -281,6 +281,7 @@ def test_ci_workflow_runs_the_documented_checks_with_the_right_services(project)
 
     runs = [step["run"] for step in job["steps"] if "run" in step]
     assert runs == [
+        *(["npm ci"] if project.combo.orm == "prisma" else []),
         "uv sync --locked",
         "uv run ruff check .",
         "uv run ruff format --check .",
@@ -289,7 +290,7 @@ def test_ci_workflow_runs_the_documented_checks_with_the_right_services(project)
     ]
     # The same commands README.md tells developers to run.
     readme = (project.project_dir / "README.md").read_text(encoding="utf-8")
-    for command in runs[1:]:
+    for command in runs[runs.index("uv sync --locked") + 1 :]:
         assert command in readme, command
     setup = [step for step in job["steps"] if "setup-uv" in step.get("uses", "")]
     assert setup[0]["with"]["python-version"] == project.answers["python_version"]
