@@ -9,7 +9,7 @@ from ..cache import Cache
 from ..db import queries
 from ..db.queries import Db, DbDep
 from ..http_cache import cached_json, json_with_etag
-from ..lifespan import CacheDep, Resources, ResourcesDep, SettingsDep
+from ..lifespan import CacheDep, Resources, ResourcesDep, SettingsDep, resources_of
 from ..pagination import CursorPage, KeysetDep, OffsetDep, OffsetParams, Page, next_cursor
 from ..schemas import ProjectCreate, ProjectPublic, ProjectUpdate, TaskAccepted
 
@@ -39,7 +39,9 @@ async def _load_page(db: Db, params: OffsetParams) -> bytes:
 
 
 @router.get("", response_model=Page[ProjectPublic])
-async def list_projects(request: Request, resources: ResourcesDep, params: OffsetDep) -> Response:
+async def list_projects(request: Request, params: OffsetDep) -> Response:
+    resources = resources_of(request)
+
     async def load() -> bytes:
         # A session only on a miss: a cache hit never touches the database layer.
         async with queries.open_db(resources) as db:
@@ -70,7 +72,8 @@ def _not_found(project_id: int) -> HTTPException:
 
 
 @router.get("/{project_id}", response_model=ProjectPublic)
-async def get_project(project_id: ProjectId, request: Request, resources: ResourcesDep) -> Response:
+async def get_project(project_id: ProjectId, request: Request) -> Response:
+    resources = resources_of(request)
     cache = resources.cache
 
     async def load() -> bytes:
