@@ -20,6 +20,7 @@ from .routes import router as bench_router
 logger = logging.getLogger(__name__)
 
 CEILING_PATH = "/bench/ceiling"
+CEILING_PAGE_PATH = "/bench/ceiling-page"
 
 
 def full_app(settings: Settings | None = None) -> FastAPI:
@@ -37,18 +38,26 @@ def _without_middleware(settings: Settings | None) -> FastAPI:
 
 
 def bare_app(settings: Settings | None = None) -> FastAPI:
-    """No middleware at all, and the ceiling: PUT bytes once, GET serves them from memory."""
+    """No middleware at all, and the ceilings: PUT bytes once, GET serves them from memory (one
+    object at ``CEILING_PATH``, a page at ``CEILING_PAGE_PATH``)."""
     app = _without_middleware(settings)
-    app.state.ceiling_body = b""
+    app.state.ceiling_bodies = {CEILING_PATH: b"", CEILING_PAGE_PATH: b""}
 
-    @app.put(CEILING_PATH, include_in_schema=False)
-    async def set_ceiling(request: Request) -> Response:
-        app.state.ceiling_body = await request.body()
-        return Response(status_code=204)
+    for path in (CEILING_PATH, CEILING_PAGE_PATH):
+
+        @app.put(path, include_in_schema=False)
+        async def set_ceiling(request: Request) -> Response:
+            app.state.ceiling_bodies[request.url.path] = await request.body()
+            return Response(status_code=204)
 
     @app.get(CEILING_PATH, include_in_schema=False)
     async def ceiling() -> Response:
-        return Response(app.state.ceiling_body, media_type="application/json")
+        return Response(app.state.ceiling_bodies[CEILING_PATH], media_type="application/json")
+
+    @app.get(CEILING_PAGE_PATH, include_in_schema=False)
+    async def ceiling_page() -> Response:
+        body = app.state.ceiling_bodies[CEILING_PAGE_PATH]
+        return Response(body, media_type="application/json")
 
     return app
 

@@ -30,7 +30,11 @@ SERVERS = {
     "bare": "bare_app",
     "pure": "pure_timing_app",
     "base_http": "base_http_timing_app",
+    # The service as deployed, with list page 1 cached: figure 1's cached page.
+    "cached": "full_app",
 }
+# Settings of one server that differ from _server_env's.
+SERVER_ENV = {"cached": {"CACHE_CACHED_LIST_PAGES": "1"}}
 
 
 def _echo(message: str) -> None:
@@ -180,7 +184,8 @@ def run_bench(
         seed_seconds = time.perf_counter() - seed_started
         env = _server_env(settings, database, prefix, secret)
         for name, factory in SERVERS.items():
-            running[name] = bench_servers.start(name, factory, env, output, server_pin)
+            server_env = {**env, **SERVER_ENV.get(name, {})}
+            running[name] = bench_servers.start(name, factory, server_env, output, server_pin)
         bench_servers.wait_ready(list(running.values()))
         runner = Bench(
             config=config,
