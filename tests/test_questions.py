@@ -83,7 +83,7 @@ def test_validator_rejects(tmp_path: Path, question: str, value: str) -> None:
         ("package_name", "_internal"),
         ("project_name", 'My "Quoted" Service \\ {{ x }} {% y %} Ünïcødé 日本語'),
         ("description", 'Says "hi" \\ {braces} & <b>*markup*</b>'),
-        ("author_name", "O'Brien \"The Dev\" Zoë"),
+        ("author_name", 'O\'Brien "The Dev" Zoë'),
         ("author_email", "a@b.c"),
         ("author_email", "first.last+tag@example.org"),
     ],
