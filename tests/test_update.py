@@ -183,9 +183,14 @@ def _release_next_version(repo: Path) -> None:
     for path in package.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         path.write_text(text.replace("from ..streaming import", "from ..responses import"))
-    replace_once(repo / "copier.yml", "\nauthor_name:\n", "\nmaintainer_name:\n")
+    config = repo / "copier.yml"
+    replace_once(config, "\nauthor_name:\n", "\nmaintainer_name:\n")
+    # Its validator too.
+    config.write_text(config.read_text().replace("author_name", "maintainer_name"))
     replace_once(
-        repo / "template" / "pyproject.toml.jinja", "{{ author_name }}", "{{ maintainer_name }}"
+        repo / "template" / "pyproject.toml.jinja",
+        "toml_str(author_name)",
+        "toml_str(maintainer_name)",
     )
     replace_once(repo / "copier.yml", "\n_migrations:\n", "\n" + V2_MIGRATIONS)
     commit(repo, f"release {V2}")
