@@ -531,15 +531,18 @@ def test_renaming_the_package_keeps_the_teams_edits(template_repo: Path, tmp_pat
     assert recorded_answers(project)["package_name"] == "renamed_demo"
     assert not (project / SRC).exists()
     assert (renamed / "api" / "widgets.py").read_text() == WIDGETS
-    assert (renamed / "api" / "__init__.py").read_text().endswith(WIDGETS_REGISTRATION)
     assert (project / "tests" / "test_widgets.py").read_text() == WIDGETS_TEST
-    # The template's 0.2.0 change and the team's edit are both in the moved settings.py; what
-    # git cannot place without a common ancestor at the new path is an inline conflict.
-    for path in files_with_markers(project):
-        resolve(project / path, keep="ours")
+    # What git cannot place without a common ancestor at the new path is an inline conflict,
+    # only in the moved package: keep the team's side in the files they edited, the template's
+    # (0.2.0) in the others.
+    conflicted = files_with_markers(project)
+    assert {path for path in conflicted if not path.startswith("src/renamed_demo/")} == set()
+    edited = {"src/renamed_demo/api/__init__.py", "src/renamed_demo/settings.py"}
+    for path in conflicted:
+        resolve(project / path, keep="ours" if path in edited else "theirs")
         git(project, "add", path)
-    settings = (renamed / "settings.py").read_text()
-    assert USER_SETTING[1] in settings
+    assert (renamed / "api" / "__init__.py").read_text().endswith(WIDGETS_REGISTRATION)
+    assert USER_SETTING[1] in (renamed / "settings.py").read_text()
     assert 'packages = ["src/renamed_demo"]' in (project / "pyproject.toml").read_text()
     assert "from renamed_demo." in (project / "tests" / "conftest.py").read_text()
     run_ok(["uv", "lock"], project, project_env(MEMORY))
