@@ -116,7 +116,7 @@ def served(project_dir: Path, slug: str, env: dict[str, str], log_path: Path) ->
         _stop_group(server)
 
 
-def schemathesis(base: str, cwd: Path, *options: str) -> str:
+def schemathesis(base: str, cwd: Path, *options: str, excluded: str = EXCLUDED_CHECKS) -> str:
     result = run(
         [
             ST,
@@ -125,7 +125,7 @@ def schemathesis(base: str, cwd: Path, *options: str) -> str:
             "--phases=examples,coverage,fuzzing,stateful",
             f"--max-examples={MAX_EXAMPLES}",
             "--checks=all",
-            f"--exclude-checks={EXCLUDED_CHECKS}",
+            f"--exclude-checks={excluded}",
             "--generation-database=none",
             "--seed=12",
             "--workers=1",
@@ -202,6 +202,8 @@ def test_schemathesis_finds_no_failure(
             rates.server_close()
             status, body = _get(f"{base}/api/v1/rates?base=GBP")
             assert status == 502, body
-            schemathesis(base, tmp_path, "--include-path=/api/v1/rates")
+            # 502 is the answer now: a 5xx by design, so only its documentation is checked.
+            down = f"{EXCLUDED_CHECKS},not_a_server_error"
+            schemathesis(base, tmp_path, "--include-path=/api/v1/rates", excluded=down)
         log = log_path.read_text()
         assert "Traceback" not in log, log[-5000:]
