@@ -30,7 +30,7 @@ RULES: tuple[Owned, ...] = (
     Owned(
         "database",
         "postgresql",
-        files=("deploy/kubernetes/*",),
+        files=("deploy/kubernetes/*", "deploy/compose/*", "compose.scale.yaml"),
         dependencies=("asyncpg",),
     ),
     Owned("database", "sqlite", dependencies=("aiosqlite",)),

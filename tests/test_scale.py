@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -28,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from conftest import (
     POSTGRES_DEFAULT_URL,
@@ -37,7 +39,7 @@ from conftest import (
     run,
     run_ok,
 )
-from template_config import Combination, default_combination
+from template_config import Combination, combinations, default_combination
 
 SCALE = Combination(
     {**default_combination().answers, "database": "postgresql", "cache_backend": "redis"}
@@ -133,6 +135,8 @@ max_db_connections = {pool}
 max_client_conn = 500
 """
 
+# The retry policy the test runs through the rolling restart; compose's nginx.conf has it too.
+RETRY = "proxy_next_upstream error timeout http_502 http_503 http_504;"
 NGINX_CONF = """\
 {user}
 worker_processes 1;
@@ -160,7 +164,7 @@ http {{
             proxy_set_header Host $host;
             # A replica that refuses or drops a connection (stopping): the request goes to the
             # next one. nginx retries only idempotent methods so (no non_idempotent here).
-            proxy_next_upstream error timeout http_502 http_503 http_504;
+            {retry}
             proxy_next_upstream_tries {replicas};
             proxy_connect_timeout 1s;
             proxy_read_timeout 30s;
@@ -385,6 +389,7 @@ def test_replicas_behind_nginx_and_pgbouncer_survive_load_and_a_rolling_restart(
                 ),
                 listen_port=nginx_port,
                 replicas=REPLICAS,
+                retry=RETRY,
             )
         )
         nginx = topology.start(
@@ -491,3 +496,55 @@ def test_replicas_behind_nginx_and_pgbouncer_survive_load_and_a_rolling_restart(
         assert figures["samples"] > 10, name
         assert 0 < figures["max_server_connections"] <= PGBOUNCER_POOL, name
     assert all(seconds < GRACEFUL_SECONDS + 5 for seconds in stops)
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """compose's `!reset` (drop what the base file set) as a marker."""
+
+
+_ComposeLoader.add_constructor(
+    "!reset", lambda loader, node: {"!reset": loader.construct_sequence(node)}
+)
+POSTGRESQL = [combo for combo in combinations() if combo.database == "postgresql"]
+
+
+def host_of(url: str) -> str | None:
+    """The host of a compose URL, with its ${VARIABLE...} interpolations filled in."""
+    return urlsplit(re.sub(r"\$\{[^}]*\}", "x", url)).hostname
+
+
+@pytest.mark.parametrize("combo", POSTGRESQL, ids=[combo.id for combo in POSTGRESQL])
+def test_compose_scale_override_runs_the_same_topology(render, combo) -> None:
+    project = render(combo)
+    root = project.project_dir
+    base = yaml.safe_load((root / "compose.yaml").read_text())
+    scale = yaml.load((root / "compose.scale.yaml").read_text(), Loader=_ComposeLoader)  # noqa: S506
+    services = scale["services"]
+    assert set(services) == {"pgbouncer", "app", "balancer"}
+    assert set(services) - {"app"} <= set(services) - set(base["services"])
+
+    pgbouncer = services["pgbouncer"]["environment"]
+    assert pgbouncer["POOL_MODE"] == "transaction"
+    assert host_of(pgbouncer["DATABASE_URL"]) == "db"
+    app = services["app"]
+    assert app["ports"] == {"!reset": []}  # only the balancer publishes a port
+    replicas = app["deploy"]["replicas"]
+    assert replicas >= 2
+    env = app["environment"]
+    assert host_of(env["DATABASE_URL"]) == "pgbouncer"
+    assert env["DATABASE_POOLER"] == "pgbouncer"
+    per_replica = int(env["DATABASE_POOL_SIZE"]) + int(env["DATABASE_MAX_OVERFLOW"])
+    assert replicas * per_replica * int(env["WEB_CONCURRENCY"]) <= int(pgbouncer["MAX_CLIENT_CONN"])
+    # Migrations keep compose.yaml's direct URL: they hold session locks.
+    assert "migrate" not in services
+    migrate = base["services"]["migrate"].get("environment") or base["x-app"]["environment"]
+    assert host_of(migrate["DATABASE_URL"]) == "db"
+
+    balancer = services["balancer"]
+    assert balancer["ports"] == ["8000:80"]
+    [mount] = balancer["volumes"]
+    conf = root / mount.split(":")[0]
+    text = conf.read_text()
+    assert RETRY in text, "compose's nginx retries what the scale-out test retries"
+    assert "server app:8000" in text
+    assert "non_idempotent" not in text
