@@ -126,9 +126,9 @@ def pooler(bench: Bench) -> list[Figure]:
         try:
             bench_servers.wait_ready(started)
             bench.servers.update({server.name: server for server in started})
-            for server in ("full", *variants):  # connections opened, statements seen once
+            for name in ("full", *variants):  # connections opened, statements seen once
                 for _ in range(5):
-                    bench.get(server, PATH)
+                    bench.get(name, PATH)
             direct, uncached, pooled = bench.compare(
                 Load("9: direct", "full", PATH),
                 Load("9: direct, DATABASE_POOLER=pgbouncer", "no_statement_cache", PATH),
