@@ -16,12 +16,22 @@ from .db import migrate
 from .db.engine import create_engine
 from .db.seed import seed as seed_database
 from .logs import configure_logging
-from .settings import get_settings
+from .settings import SettingsError, get_settings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.command()(bench)
+
+
+@app.callback()
+def _check_settings() -> None:
+    # Every command needs valid settings: say what is wrong in one line, not in a traceback.
+    try:
+        get_settings()
+    except SettingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
