@@ -16,6 +16,7 @@ from .db import migrate
 from .db.engine import create_engine
 from .db.seed import seed as seed_database
 from .logs import configure_logging
+from .server import HeaderLimitedHttpToolsProtocol
 from .settings import SettingsError, get_settings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True)
@@ -46,7 +47,7 @@ def serve(
     ] = 20,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development)")] = False,
 ) -> None:
-    """Run the service with uvicorn (uvloop and httptools where available)."""
+    """Run the service with uvicorn (uvloop and httptools, with a bound on header size)."""
     settings = get_settings()
     configure_logging(settings.app)
     # Workers are separate processes: their Prometheus metrics meet in files in one directory,
@@ -67,7 +68,7 @@ def serve(
             workers=workers,
             reload=reload,
             loop="auto",
-            http="httptools",
+            http=HeaderLimitedHttpToolsProtocol,
             timeout_graceful_shutdown=graceful_timeout,
             # Logging is configure_logging's; the access log (with request ids) is the app's.
             log_config=None,
