@@ -384,6 +384,11 @@ def test_compose_services_follow_the_answers(project) -> None:
         assert migrate["depends_on"]["db"] == {"condition": "service_healthy"}
         assert "pg_isready" in " ".join(services["db"]["healthcheck"]["test"])
         assert "db-data:/var/lib/postgresql/data" in services["db"]["volumes"]
+        # No default password: compose refuses to start without one, naming the variable.
+        required = "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD"
+        assert services["db"]["environment"]["POSTGRES_PASSWORD"].startswith(required)
+        assert f":{required}" in database_url
+        assert "POSTGRES_PASSWORD:-" not in (project.project_dir / "compose.yaml").read_text()
     else:
         assert database_url == f"sqlite:////app/var/{project.answers['package_name']}.db"
     if redis:
@@ -398,8 +403,13 @@ def test_compose_services_follow_the_answers(project) -> None:
 
     command = _docker_compose()
     if command is not None:  # the client validates against the Compose specification
-        env = {**os.environ, "APP_SECRET_KEY": SECRET}
+        env = {**os.environ, "APP_SECRET_KEY": SECRET, "POSTGRES_PASSWORD": "compose-test-pw"}
         run_ok([*command, "config", "--quiet"], project.project_dir, env, timeout=120)
+        if postgres:
+            del env["POSTGRES_PASSWORD"]
+            refused = run([*command, "config", "--quiet"], project.project_dir, env, timeout=120)
+            assert refused.returncode != 0
+            assert "set POSTGRES_PASSWORD" in refused.stdout, refused.stdout
 
 
 # --------------------------------------------------------------------------- CI workflow

@@ -16,12 +16,23 @@ from .db import migrate
 from .db.engine import create_engine
 from .db.seed import seed as seed_database
 from .logs import configure_logging
-from .settings import get_settings
+from .server import HeaderLimitedHttpToolsProtocol
+from .settings import SettingsError, get_settings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.command()(bench)
+
+
+@app.callback()
+def _check_settings() -> None:
+    # Every command needs valid settings: say what is wrong in one line, not in a traceback.
+    try:
+        get_settings()
+    except SettingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -36,7 +47,7 @@ def serve(
     ] = 20,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development)")] = False,
 ) -> None:
-    """Run the service with uvicorn (uvloop and httptools where available)."""
+    """Run the service with uvicorn (uvloop and httptools, with a bound on header size)."""
     settings = get_settings()
     configure_logging(settings.app)
     # Workers are separate processes: their Prometheus metrics meet in files in one directory,
@@ -57,7 +68,7 @@ def serve(
             workers=workers,
             reload=reload,
             loop="auto",
-            http="httptools",
+            http=HeaderLimitedHttpToolsProtocol,
             timeout_graceful_shutdown=graceful_timeout,
             # Logging is configure_logging's; the access log (with request ids) is the app's.
             log_config=None,

@@ -29,7 +29,9 @@ def _matches(if_none_match: str, etag: str) -> bool:
 
 
 def json_with_etag(request: Request, body: bytes, *, private: bool = False) -> Response:
-    """The JSON ``body`` with an ETag, or an empty 304 when the client already has it."""
+    """The JSON ``body`` with an ETag, or an empty 304 when the client already has it. A request
+    with credentials always gets ``private``: its answer may be personalized."""
+    private = private or is_private(request)
     etag = etag_of(body)
     headers = {"ETag": etag, "Cache-Control": "private, no-cache" if private else "no-cache"}
     if_none_match = request.headers.get("if-none-match")

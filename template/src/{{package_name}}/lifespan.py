@@ -3,6 +3,7 @@
 Endpoints get them through the thin ``*Dep`` aliases below, never through globals.
 """
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,9 +14,11 @@ from fastapi import Depends, FastAPI, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .cache import Cache, create_cache
-from .db.engine import create_engine, create_sessionmaker
+from .db.engine import DatabaseUnavailable, create_engine, create_sessionmaker
 from .observability import observe_resources
 from .settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +81,29 @@ async def get_resources(request: Request) -> Resources:
     return resources_of(request)
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with resources_of(request).sessionmaker() as session:
+@asynccontextmanager
+async def open_session(resources: Resources) -> AsyncIterator[AsyncSession]:
+    session = resources.sessionmaker()
+    try:
         yield session
+    finally:
+        await _close(session)
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with open_session(resources_of(request)) as session:
+        yield session
+
+
+async def _close(session: AsyncSession) -> None:
+    # This runs once the answer is made, often after it was sent: a connection that breaks now
+    # (the database restarting) must cost the pool that connection, not the client a failure.
+    try:
+        await session.close()
+    except Exception as exc:
+        if not isinstance(exc, DatabaseUnavailable):  # that one is logged once per outage
+            logger.warning("closing a database session failed (%s: %s)", type(exc).__name__, exc)
+        await session.invalidate()
 
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]

@@ -8,6 +8,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from .api import api_router
 from .api.health import router as health_router
+from .db.engine import DatabaseUnavailable
 from .errors import request_validation_error
 from .lifespan import lifespan
 from .logs import configure_logging
@@ -37,14 +38,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     retry_after = str(max(1, round(settings.database.pool_timeout_seconds)))
 
+    def retry_shortly(detail: str) -> JSONResponse:
+        return JSONResponse(
+            {"detail": detail}, status_code=503, headers={"Retry-After": retry_after}
+        )
+
     @app.exception_handler(PoolTimeoutError)
     async def pool_exhausted(_request: Request, _exc: PoolTimeoutError) -> JSONResponse:
         # Every connection stayed busy for pool_timeout: shed load rather than queue forever.
-        return JSONResponse(
-            {"detail": "database is busy: no connection became free in time, retry shortly"},
-            status_code=503,
-            headers={"Retry-After": retry_after},
-        )
+        return retry_shortly("database is busy: no connection became free in time, retry shortly")
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def database_unavailable(_request: Request, _exc: DatabaseUnavailable) -> JSONResponse:
+        # Logged once per outage by db/engine.py; a handled answer keeps the connection alive.
+        return retry_shortly("database is unavailable, retry shortly")
 
     # Last added runs first: timing wraps compression, so X-Process-Time includes it.
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=GZIP_LEVEL)

@@ -5,7 +5,7 @@ import time
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -17,6 +17,15 @@ from ..settings import DatabaseSettings
 from ..timing import current_timings
 
 logger = logging.getLogger(__name__)
+
+# SQLSTATEs of a server that cannot take the statement now: connection failures (class 08),
+# shutting down or restarting (57P01-57P03), too many connections (53300).
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached (down, restarting, network cut): main.py answers 503."""
+
 
 _ASYNC_DRIVERS = {
     "postgresql": "postgresql+asyncpg",
@@ -62,6 +71,7 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         **options,
     )
     _instrument(engine, slow_query_seconds=settings.slow_query_ms / 1000)
+    _watch_availability(engine)
     return engine
 
 
@@ -115,3 +125,47 @@ def _instrument(engine: AsyncEngine, *, slow_query_seconds: float) -> None:
             timings.add_statement(elapsed)
         if elapsed >= slow_query_seconds:
             logger.warning("slow query (%.1f ms): %s", elapsed * 1000, statement)
+
+
+def _watch_availability(engine: AsyncEngine) -> None:
+    """Turn "the database cannot be reached" into DatabaseUnavailable, with one warning when an
+    outage starts and one line when a connection works again, never a traceback per request.
+    The pool needs no help to recover: it reconnects on the next checkout."""
+    sync_engine = engine.sync_engine
+    outage: dict[str, float] = {}  # "since" and "failures" while the database is unreachable
+
+    def unavailable(exc: BaseException) -> DatabaseUnavailable:
+        if not outage:
+            outage.update(since=time.monotonic(), failures=0)
+            logger.warning(
+                "database unavailable (%s: %s); answering 503 until it is back",
+                type(exc).__name__,
+                exc,
+            )
+        outage["failures"] += 1
+        return DatabaseUnavailable(f"database unavailable: {type(exc).__name__}")
+
+    @event.listens_for(sync_engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except OSError as exc:  # refused, unreachable, timed out: not a DBAPI error
+            raise unavailable(exc) from exc
+
+    @event.listens_for(sync_engine, "handle_error")
+    def _failed(context: ExceptionContext) -> None:
+        if context.is_pre_ping:  # the pool replaces a dead pooled connection by itself
+            return
+        sqlstate = getattr(context.original_exception, "sqlstate", None) or ""
+        if context.is_disconnect or sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+            raise unavailable(context.original_exception) from context.original_exception
+
+    @event.listens_for(sync_engine, "checkout")
+    def _checked_out(*_: Any) -> None:
+        if outage:
+            logger.warning(
+                "database available again after %.1f s (%d requests failed)",
+                time.monotonic() - outage["since"],
+                outage["failures"],
+            )
+            outage.clear()

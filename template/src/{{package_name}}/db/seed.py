@@ -27,11 +27,6 @@ def _user_row(n: int) -> dict[str, object]:
     }
 
 
-async def _max_id(engine: AsyncEngine, table: type[Base]) -> int:
-    async with engine.connect() as conn:
-        return (await conn.scalar(select(func.max(table.id)))) or 0  # type: ignore[attr-defined]
-
-
 async def seed(
     engine: AsyncEngine,
     *,
@@ -48,33 +43,44 @@ async def seed(
     if projects < 1 and items:
         raise ValueError("items need at least one project")
     rng = random.Random(random_seed)  # noqa: S311 - demo data, not secrets
-    first_user = await _max_id(engine, User) + 1
-    first_project = await _max_id(engine, Project) + 1
+    # One transaction: a seed that fails leaves nothing behind. Owners and projects are the ids
+    # the database assigned (RETURNING), never predicted: a sequence runs ahead of max(id) once
+    # rows were deleted, and a predicted id would point at nothing (or at someone else's row).
+    async with engine.begin() as conn:
+        first_user = (await conn.scalar(select(func.max(User.id))) or 0) + 1
 
-    def project_row(n: int) -> dict[str, object]:
-        owner = first_user + rng.randrange(users)
-        return {"name": f"Project {n}", "description": "", "owner_id": owner, "item_count": 0}
+        async def insert_rows(
+            table: type[Base], count: int, make_row: Callable[[int], dict[str, object]]
+        ) -> list[int]:
+            """Insert in batches; the ids the database gave the rows, in order."""
+            statement = insert(table).returning(table.id)  # type: ignore[attr-defined]
+            ids: list[int] = []
+            for start in range(0, count, BATCH_SIZE):
+                rows = [make_row(n) for n in range(start, min(start + BATCH_SIZE, count))]
+                if table is Item:  # nothing refers to items: no ids to bring back
+                    await conn.execute(insert(table), rows)
+                else:
+                    ids.extend((await conn.execute(statement, rows)).scalars())
+                if on_progress is not None:
+                    on_progress(table.__tablename__, len(rows), count)
+            return sorted(ids)
 
-    def item_row(n: int) -> dict[str, object]:
-        return {
-            "project_id": first_project + rng.randrange(projects),
-            "name": f"Item {n}",
-            "price_cents": rng.randrange(100, 100_000),
-            "quantity": rng.randrange(0, 500),
-        }
+        user_ids = await insert_rows(User, users, lambda n: _user_row(first_user + n))
 
-    plan: list[tuple[type[Base], int, Callable[[int], dict[str, object]]]] = [
-        (User, users, lambda n: _user_row(first_user + n)),
-        (Project, projects, project_row),
-        (Item, items, item_row),
-    ]
-    for table, count, make_row in plan:
-        for start in range(0, count, BATCH_SIZE):
-            rows = [make_row(n) for n in range(start, min(start + BATCH_SIZE, count))]
-            async with engine.begin() as conn:
-                await conn.execute(insert(table), rows)
-            if on_progress is not None:
-                on_progress(table.__tablename__, len(rows), count)
-    if items:
-        async with engine.begin() as conn:
+        def project_row(n: int) -> dict[str, object]:
+            owner = rng.choice(user_ids)
+            return {"name": f"Project {n}", "description": "", "owner_id": owner, "item_count": 0}
+
+        project_ids = await insert_rows(Project, projects, project_row)
+
+        def item_row(n: int) -> dict[str, object]:
+            return {
+                "project_id": rng.choice(project_ids),
+                "name": f"Item {n}",
+                "price_cents": rng.randrange(100, 100_000),
+                "quantity": rng.randrange(0, 500),
+            }
+
+        await insert_rows(Item, items, item_row)
+        if items:
             await conn.execute(update(Project).values(item_count=_items_of_project))
