@@ -411,7 +411,7 @@ def test_replicas_behind_nginx_and_pgbouncer_survive_load_and_a_rolling_restart(
             )
 
         def result(process: subprocess.Popen) -> dict:
-            out, err = process.communicate(timeout=180)
+            out, err = process.communicate(timeout=660)
             assert process.returncode == 0, err
             return json.loads(out)
 
@@ -440,7 +440,7 @@ def test_replicas_behind_nginx_and_pgbouncer_survive_load_and_a_rolling_restart(
 
         # 3. Rolling restart under the same load.
         stop_file = run_dir / "stop-load"
-        rolling = load(120, stop_file)
+        rolling = load(600, stop_file)  # until the stop file: every restart under load
         time.sleep(3)
         stops = []
         for index in range(REPLICAS):
@@ -450,6 +450,7 @@ def test_replicas_behind_nginx_and_pgbouncer_survive_load_and_a_rolling_restart(
             assert code == 0, f"replica {index} exited {code} on SIGTERM"
             replicas[index] = start_replica(index)
             time.sleep(2)
+        assert rolling.poll() is None, "the load ended before the last restart"
         stop_file.touch()
         restart = result(rolling)
         # What nginx passed on to another replica: refused connects, connections closed under it.
