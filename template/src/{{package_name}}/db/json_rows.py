@@ -85,11 +85,12 @@ class Shape:
 
     def json_column(self) -> ColumnElement[str]:
         """PostgreSQL: the row as the model's JSON, written by the database."""
-        values = tuple(
-            source.json_column() if isinstance(source, Shape) else _json_value(source)
-            for source in self.fields.values()
+        return row_json(
+            {
+                name: source.json_column() if isinstance(source, Shape) else source
+                for name, source in self.fields.items()
+            }
         )
-        return _RowToJson(tuple(self.fields), values)
 
     def from_flat(self, values: list[Any]) -> dict[str, Any]:
         """The nested dict of one flat row (consumed from the front of ``values``)."""
@@ -156,7 +157,14 @@ def json_array(rows: list[JsonRow]) -> bytes:
     return b"[" + b",".join(row.json for row in rows) + b"]"
 
 
-def _json_value(column: ColumnElement[Any]) -> ColumnElement[Any]:
+def row_json(fields: dict[str, ColumnElement[Any]]) -> ColumnElement[str]:
+    """PostgreSQL: one JSON object of ``fields``, keys in order, values as Pydantic writes
+    them (a nested ``row_json`` is a nested object)."""
+    return _RowToJson(tuple(fields), tuple(json_value(value) for value in fields.values()))
+
+
+def json_value(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """PostgreSQL: ``column`` as its JSON value: timestamps as Pydantic's text."""
     if not isinstance(column.type, DateTime):
         return column
     # Pydantic writes ISO 8601, "Z" for UTC, microseconds only when there are some.
