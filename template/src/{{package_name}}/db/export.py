@@ -94,20 +94,31 @@ async def _copy_out(
     async def copy() -> None:
         try:
             await raw.copy_from_query(statement, output=relay, **options)
-        finally:
-            await chunks.put(None)
+        except Exception:
+            await chunks.put(None)  # wake the reader, which re-raises this from the task
+            raise
+        await chunks.put(None)  # the end; not sent when cancelled: nobody is reading then
 
+    # A slow client holds the COPY back (the queue is bounded): the export must not be cut at
+    # statement_timeout. Reset when it ends; a COPY cut short takes its connection with it.
+    await raw.execute("SET statement_timeout = 0")
     task = asyncio.create_task(copy())
+    finished = False
     try:
         while (chunk := await chunks.get()) is not None:
             yield chunk
         await task  # the COPY's error, if it failed
+        finished = True
     finally:
         if not task.done():
             # The client went away: cancelling makes asyncpg cancel the COPY on the server.
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if finished:
+            await raw.execute("RESET statement_timeout")
+        else:
+            await conn.invalidate()
 
 
 def _text(value: Any) -> Any:
