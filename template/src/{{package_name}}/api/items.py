@@ -8,10 +8,11 @@ from fastapi import APIRouter, Query
 
 from ..db import queries
 from ..db.export import export
+from ..errors import documented
 from ..lifespan import ResourcesDep
 from ..streaming import ClosingStreamingResponse
 
-router = APIRouter(prefix="/items", tags=["items"])
+router = APIRouter(prefix="/items", tags=["items"], responses=documented(503))
 
 
 class ExportFormat(StrEnum):

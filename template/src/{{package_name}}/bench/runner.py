@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -63,6 +64,10 @@ class Bench:
     secret_key: str
     client_pin: list[str]
     log: Callable[[str], None]
+    # How the session started its servers, for a figure that starts its own (figure 9).
+    server_env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path = Path()
+    server_pin: list[str] = field(default_factory=list)
     http: httpx.Client = field(default_factory=lambda: httpx.Client(trust_env=False, timeout=60))
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -534,14 +539,14 @@ def uncached_reads(bench: Bench) -> list[Figure]:
     keyset = f"/api/v1/projects/cursor?limit={size}&cursor={cursor}"
     bench.get("full", offset_first)  # the total, counted once
     top, first, keyed, deep = bench.compare(
-        Load("9: ceiling, bare route, 50 constant objects", "bare", FIFTY_PATH),
-        Load(f"9: offset page 1 of {size}, uncached, owner + total", "full", offset_first),
-        Load(f"9: keyset page of {size} at row {position:,}", "full", keyset),
-        Load(f"9: offset {(deep_page - 1) * size:,}", "full", offset_deep),
+        Load("10: ceiling, bare route, 50 constant objects", "bare", FIFTY_PATH),
+        Load(f"10: offset page 1 of {size}, uncached, owner + total", "full", offset_first),
+        Load(f"10: keyset page of {size} at row {position:,}", "full", keyset),
+        Load(f"10: offset {(deep_page - 1) * size:,}", "full", offset_deep),
     )
     return [
         Figure(
-            9,
+            10,
             f"uncached offset page 1 of {size} vs bare route (req/s)",
             first.rps / top.rps,
             target_op=">=",
@@ -549,7 +554,7 @@ def uncached_reads(bench: Bench) -> list[Figure]:
             detail=_rps(first, top),
         ),
         Figure(
-            9,
+            10,
             f"keyset page of {size} vs bare route (req/s)",
             keyed.rps / top.rps,
             target_op=">=",
@@ -557,12 +562,18 @@ def uncached_reads(bench: Bench) -> list[Figure]:
             detail=_rps(keyed, top),
         ),
         Figure(
-            9,
+            10,
             f"offset {(deep_page - 1) * size:,} vs bare route (req/s)",
             deep.rps / top.rps,
             detail=_rps(deep, top),
         ),
     ]
+
+
+def pgbouncer(bench: Bench) -> list[Figure]:
+    from .pooler import pooler  # imported here: bench/pooler.py builds on this module
+
+    return pooler(bench)
 
 
 FIGURES: list[tuple[int, str, Callable[[Bench], list[Figure]]]] = [
@@ -574,7 +585,8 @@ FIGURES: list[tuple[int, str, Callable[[Bench], list[Figure]]]] = [
     (6, "middleware", middleware),
     (7, "stampede", stampede),
     (8, "connection pool", pool),
-    (9, "uncached reads vs bare route", uncached_reads),
+    (9, "PgBouncer", pgbouncer),
+    (10, "uncached reads vs bare route", uncached_reads),
 ]
 
 
