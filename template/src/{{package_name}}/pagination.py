@@ -10,6 +10,7 @@ from typing import Annotated, Any, Generic, TypeVar
 from fastapi import Depends, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from .lifespan import SettingsDep
 from .schemas import MAX_ID
@@ -28,6 +29,19 @@ class Page(BaseModel, Generic[T]):
 class CursorPage(BaseModel, Generic[T]):
     items: list[T]
     next_cursor: str | None
+
+
+# The fast read path's envelopes: the bytes Page[T] / CursorPage[T] serialize to, around items
+# that are already JSON (db/json_rows.py). tests/test_fast_reads.py compares the two.
+
+
+def page_json(*, total: int, params: "OffsetParams", items: bytes) -> bytes:
+    head = f'{{"total":{total:d},"page":{params.page:d},"page_size":{params.page_size:d},"items":'
+    return head.encode() + items + b"}"
+
+
+def cursor_page_json(items: bytes, cursor: str | None) -> bytes:
+    return b'{"items":' + items + b',"next_cursor":' + to_json(cursor) + b"}"
 
 
 def _too_large(name: str, value: int, limit: int) -> RequestValidationError:

@@ -5,11 +5,21 @@ from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response
 
 from ..cache import Cache
 from ..db import queries
-from ..db.queries import Db, DbDep
+from ..db.json_rows import json_array
+from ..db.queries import DbDep
 from ..errors import documented, invalid
 from ..http_cache import cached_json, json_with_etag
 from ..lifespan import CacheDep, Resources, ResourcesDep, SettingsDep, resources_of
-from ..pagination import CursorPage, KeysetDep, OffsetDep, OffsetParams, Page, next_cursor
+from ..pagination import (
+    CursorPage,
+    KeysetDep,
+    OffsetDep,
+    OffsetParams,
+    Page,
+    cursor_page_json,
+    next_cursor,
+    page_json,
+)
 from ..schemas import ProjectCreate, ProjectPublic, ProjectUpdate, RowId, TaskAccepted
 
 router = APIRouter(prefix="/projects", tags=["projects"], responses=documented(503))
@@ -27,14 +37,20 @@ async def invalidate_project(cache: Cache, project_id: int) -> None:
     await cache.invalidate_namespace(LIST_NAMESPACE)
 
 
-async def _load_page(db: Db, params: OffsetParams) -> bytes:
-    page = Page[ProjectPublic](
-        total=await queries.count_projects(db),
-        page=params.page,
-        page_size=params.page_size,
-        items=await queries.project_page(db, offset=params.offset, limit=params.page_size),
-    )
-    return page.model_dump_json().encode()
+async def _total(resources: Resources) -> int:
+    """The project count, cached in the list namespace: every write that can change it
+    invalidates that namespace, so a page never shows a count older than its items."""
+    cache = resources.cache
+
+    async def count() -> bytes:
+        return str(await queries.count_projects(resources)).encode()
+
+    return int(await cache.get_or_set(await cache.namespace_key(LIST_NAMESPACE, "total"), count))
+
+
+async def _load_page(resources: Resources, params: OffsetParams) -> bytes:
+    items = await queries.project_page_json(resources, offset=params.offset, limit=params.page_size)
+    return page_json(total=await _total(resources), params=params, items=items)
 
 
 @router.get("", response_model=Page[ProjectPublic], responses=documented(304))
@@ -42,9 +58,7 @@ async def list_projects(request: Request, params: OffsetDep) -> Response:
     resources = resources_of(request)
 
     async def load() -> bytes:
-        # A session only on a miss: a cache hit never touches the database layer.
-        async with queries.open_db(resources) as db:
-            return await _load_page(db, params)
+        return await _load_page(resources, params)
 
     if params.page > resources.settings.cache.cached_list_pages:
         return json_with_etag(request, await load())
@@ -53,17 +67,13 @@ async def list_projects(request: Request, params: OffsetDep) -> Response:
     return await cached_json(request, cache, key, load)
 
 
-@router.get("/cursor")
-async def list_projects_by_cursor(
-    db: DbDep, settings: SettingsDep, params: KeysetDep
-) -> CursorPage[ProjectPublic]:
-    projects = await queries.projects_after(db, params.after_id, limit=params.limit + 1)
-    has_more = len(projects) > params.limit
-    projects = projects[: params.limit]
-    return CursorPage[ProjectPublic](
-        items=projects,
-        next_cursor=next_cursor(settings, projects[-1].id) if has_more else None,
-    )
+@router.get("/cursor", response_model=CursorPage[ProjectPublic])
+async def list_projects_by_cursor(resources: ResourcesDep, params: KeysetDep) -> Response:
+    rows = await queries.projects_after_json(resources, params.after_id, limit=params.limit + 1)
+    has_more = len(rows) > params.limit
+    rows = rows[: params.limit]
+    cursor = next_cursor(resources.settings, rows[-1].keys[0]) if has_more else None
+    return Response(cursor_page_json(json_array(rows), cursor), media_type="application/json")
 
 
 def _not_found(project_id: int) -> HTTPException:
@@ -76,11 +86,10 @@ async def get_project(project_id: ProjectId, request: Request) -> Response:
     cache = resources.cache
 
     async def load() -> bytes:
-        async with queries.open_db(resources) as db:
-            project = await queries.get_project(db, project_id)
+        project = await queries.get_project_json(resources, project_id)
         if project is None:
             raise _not_found(project_id)
-        return project.model_dump_json().encode()
+        return project
 
     return await cached_json(request, cache, project_key(cache, project_id), load)
 

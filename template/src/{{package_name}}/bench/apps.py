@@ -13,6 +13,7 @@ from starlette.types import ASGIApp
 
 from ..main import create_app
 from ..middleware import TimingMiddleware
+from ..schemas import OwnerPublic
 from ..settings import Settings, get_settings
 from ..timing import RequestTimings, current_timings
 from .routes import router as bench_router
@@ -21,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 CEILING_PATH = "/bench/ceiling"
 CEILING_PAGE_PATH = "/bench/ceiling-page"
+FIFTY_PATH = "/bench/fifty"
+FIFTY = [OwnerPublic(id=n, name=f"User {n}") for n in range(1, 51)]
 
 
 def full_app(settings: Settings | None = None) -> FastAPI:
@@ -58,6 +61,11 @@ def bare_app(settings: Settings | None = None) -> FastAPI:
     async def ceiling_page() -> Response:
         body = app.state.ceiling_bodies[CEILING_PAGE_PATH]
         return Response(body, media_type="application/json")
+
+    @app.get(FIFTY_PATH, include_in_schema=False)
+    async def fifty() -> list[OwnerPublic]:
+        # The uncached reads' ceiling: a bare FastAPI route, 50 constant small objects.
+        return FIFTY
 
     return app
 

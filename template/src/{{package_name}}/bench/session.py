@@ -88,8 +88,8 @@ def _server_env(
     return {
         **os.environ,
         "DATABASE_URL": database.url,
-        "DATABASE_POOL_SIZE": "10",
-        "DATABASE_MAX_OVERFLOW": "20",
+        "DATABASE_POOL_SIZE": "30",
+        "DATABASE_MAX_OVERFLOW": "0",
         "DATABASE_SLOW_QUERY_MS": "60000",
         "APP_SLOW_REQUEST_MS": "60000",
         "APP_LOG_LEVEL": "WARNING",

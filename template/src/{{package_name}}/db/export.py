@@ -1,0 +1,135 @@
+"""Streaming exports of a Core select as NDJSON or CSV, on a connection the caller checked out.
+
+On PostgreSQL the database writes the rows (``COPY (...) TO STDOUT``, each NDJSON line by
+``row_to_json``) and the driver's COPY chunks are relayed as they come, through a small queue:
+memory stays flat, and closing the generator cancels the COPY on the server. Elsewhere the rows
+come from a server-side cursor, ``batch_size`` at a time, encoded here the same way.
+
+The formats, the same on every database: NDJSON has one JSON object per line, keys in column
+order, timestamps as the response models write them (ISO 8601, ``Z`` for UTC). CSV has a header
+line, then one line per row, ``\\n``-terminated, a field quoted only when it holds a comma, a
+quote or a line break, timestamps as in NDJSON.
+"""
+
+import asyncio
+import contextlib
+import csv
+import io
+from collections.abc import AsyncGenerator, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic_core import to_json
+from sqlalchemy import Select, Text, cast
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .json_rows import json_value, row_json
+
+ExportFormat = Literal["ndjson", "csv"]
+
+# One JSON document per line out of COPY's CSV mode: quote and delimiter are control characters
+# that JSON text never contains unescaped, so every line comes out verbatim.
+_NDJSON_COPY: dict[str, Any] = {"format": "csv", "quote": "\x01", "delimiter": "\x02"}
+_CSV_COPY: dict[str, Any] = {"format": "csv"}
+# COPY chunks in flight between the database and the client, at most (a chunk is ~64 kB).
+_QUEUE_CHUNKS = 16
+
+
+def csv_header(query: Select[Any]) -> bytes:
+    return (",".join(column.name for column in query.selected_columns) + "\n").encode()
+
+
+async def export(
+    conn: AsyncConnection, query: Select[Any], export_format: ExportFormat, *, batch_size: int
+) -> AsyncGenerator[bytes]:
+    """The rows of ``query`` (its columns named as the export's fields), encoded; the CSV
+    header first."""
+    if export_format == "csv":
+        yield csv_header(query)
+    if conn.dialect.name == "postgresql":
+        copy = _copy_out(conn, *_copy_statement(conn, query, export_format))
+        async with contextlib.aclosing(copy) as chunks:
+            async for chunk in chunks:
+                yield chunk
+        return
+    names = [column.name for column in query.selected_columns]
+    encode = _ndjson_chunk if export_format == "ndjson" else _csv_chunk
+    result = await conn.stream(query.execution_options(yield_per=batch_size))
+    try:
+        async for rows in result.partitions():
+            yield encode(names, rows)
+    finally:
+        await result.close()
+
+
+def _copy_statement(
+    conn: AsyncConnection, query: Select[Any], export_format: ExportFormat
+) -> tuple[str, dict[str, Any]]:
+    columns = list(query.selected_columns)
+    if export_format == "ndjson":
+        rows = query.with_only_columns(
+            cast(row_json({c.name: c for c in columns}), Text), maintain_column_froms=True
+        )
+        options = _NDJSON_COPY
+    else:
+        rows = query.with_only_columns(
+            *(json_value(c).label(c.name) for c in columns), maintain_column_froms=True
+        )
+        options = _CSV_COPY
+    # COPY takes no parameters: the few literals (time zone, formats) are inlined by SQLAlchemy.
+    sql = rows.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+    return str(sql), options
+
+
+async def _copy_out(
+    conn: AsyncConnection, statement: str, options: dict[str, Any]
+) -> AsyncGenerator[bytes]:
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert raw is not None
+    chunks: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE_CHUNKS)
+
+    async def relay(data: bytes) -> None:
+        await chunks.put(bytes(data))  # a copy: the driver hands over its own buffer
+
+    async def copy() -> None:
+        try:
+            await raw.copy_from_query(statement, output=relay, **options)
+        except Exception:
+            await chunks.put(None)  # wake the reader, which re-raises this from the task
+            raise
+        await chunks.put(None)  # the end; not sent when cancelled: nobody is reading then
+
+    # A slow client holds the COPY back (the queue is bounded): the export must not be cut at
+    # statement_timeout. Reset when it ends; a COPY cut short takes its connection with it.
+    await raw.execute("SET statement_timeout = 0")
+    task = asyncio.create_task(copy())
+    finished = False
+    try:
+        while (chunk := await chunks.get()) is not None:
+            yield chunk
+        await task  # the COPY's error, if it failed
+        finished = True
+    finally:
+        if not task.done():
+            # The client went away: cancelling makes asyncpg cancel the COPY on the server.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if finished:
+            await raw.execute("RESET statement_timeout")
+        else:
+            await conn.invalidate()
+
+
+def _text(value: Any) -> Any:
+    return to_json(value).decode()[1:-1] if isinstance(value, datetime) else value
+
+
+def _ndjson_chunk(names: list[str], rows: Sequence[Sequence[Any]]) -> bytes:
+    return b"".join(to_json(dict(zip(names, row, strict=True))) + b"\n" for row in rows)
+
+
+def _csv_chunk(_names: list[str], rows: Sequence[Sequence[Any]]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([_text(v) for v in row] for row in rows)
+    return buffer.getvalue().encode()

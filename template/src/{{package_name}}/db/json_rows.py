@@ -1,0 +1,205 @@
+"""The fast read path: rows of a response model as JSON bytes, in one statement, on one
+autocommit connection.
+
+Declare a ``Shape`` (which column feeds which field of the response model) and a ``JsonRows``
+(the statement: joins, filter, order, limit); ``fetch`` returns one JSON document per row:
+
+- on PostgreSQL the database writes it (``row_to_json``): no ORM objects, no Python row
+  decoding, no validation; the bytes are the ones the response model would serialize
+  (``tests/test_fast_reads.py`` checks it);
+- elsewhere the rows are validated by the response model and serialized by it.
+
+Reads run on an autocommit connection (``read_connection``): a single statement needs no
+transaction, so no BEGIN and ROLLBACK round trips around it. The statement is built once per
+dialect and SQLAlchemy's compiled cache keeps its SQL; each call only binds parameters.
+"""
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, NamedTuple
+
+from pydantic import BaseModel, TypeAdapter
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Integer,
+    Select,
+    String,
+    Text,
+    case,
+    cast,
+    func,
+    literal,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import QueryableAttribute
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
+
+# Types whose PostgreSQL JSON text is byte for byte Pydantic's (or made so below). Anything
+# else (floats, decimals, JSON columns) is refused rather than risk different bytes.
+_SUPPORTED_TYPES = (Integer, String, Boolean, DateTime)
+
+# A table column or a mapped attribute (``Project.id``).
+Column = ColumnElement[Any] | QueryableAttribute[Any]
+
+
+def _expression(column: Column) -> ColumnElement[Any]:
+    return column.__clause_element__() if isinstance(column, QueryableAttribute) else column
+
+
+@asynccontextmanager
+async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection in autocommit mode, for read-only work of one statement each."""
+    async with engine.connect() as conn:
+        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+class Shape:
+    """Where each field of ``model`` comes from: a column, or a ``Shape`` for a nested model.
+    Fields are given in the model's order, all of them, so the JSON keys are the model's."""
+
+    def __init__(self, model: type[BaseModel], **fields: "Column | Shape") -> None:
+        if list(fields) != list(model.model_fields):
+            raise ValueError(
+                f"{model.__name__}: give every field in order: {list(model.model_fields)}"
+            )
+        self.fields: dict[str, ColumnElement[Any] | Shape] = {}
+        for name, source in fields.items():
+            field = source if isinstance(source, Shape) else _expression(source)
+            if not isinstance(field, Shape) and not isinstance(field.type, _SUPPORTED_TYPES):
+                raise TypeError(f"{model.__name__}.{name}: column type {field.type} unsupported")
+            self.fields[name] = field
+        self.model = model
+        self.adapter = TypeAdapter(model)
+
+    def columns(self) -> list[ColumnElement[Any]]:
+        """Every column, nested shapes flattened, in field order."""
+        flat: list[ColumnElement[Any]] = []
+        for source in self.fields.values():
+            flat += source.columns() if isinstance(source, Shape) else [source]
+        return flat
+
+    def json_column(self) -> ColumnElement[str]:
+        """PostgreSQL: the row as the model's JSON, written by the database."""
+        return row_json(
+            {
+                name: source.json_column() if isinstance(source, Shape) else source
+                for name, source in self.fields.items()
+            }
+        )
+
+    def from_flat(self, values: list[Any]) -> dict[str, Any]:
+        """The nested dict of one flat row (consumed from the front of ``values``)."""
+        return {
+            name: source.from_flat(values) if isinstance(source, Shape) else values.pop(0)
+            for name, source in self.fields.items()
+        }
+
+
+class JsonRow(NamedTuple):
+    json: bytes
+    keys: tuple[Any, ...]
+
+
+class JsonRows:
+    """One read statement whose rows are ``shape``'s model as JSON.
+
+    ``build`` gets ``select(<row columns>, *keys)`` and adds FROM/JOIN/WHERE/ORDER BY/LIMIT,
+    with ``bindparam`` for whatever varies per request. ``keys`` are extra columns returned
+    beside each row's JSON (the keyset position, for instance).
+    """
+
+    def __init__(
+        self,
+        shape: Shape,
+        build: Callable[[Select[Any]], Select[Any]],
+        keys: tuple[Column, ...] = (),
+    ) -> None:
+        self.shape = shape
+        self._build = build
+        self._keys = tuple(_expression(key) for key in keys)
+        self._statements: dict[str, Select[Any]] = {}
+
+    def statement(self, dialect: str) -> Select[Any]:
+        if dialect not in self._statements:
+            columns = (
+                # As text: the driver would decode json into dicts.
+                [cast(self.shape.json_column(), Text)]
+                if dialect == "postgresql"
+                else self.shape.columns()
+            )
+            self._statements[dialect] = self._build(select(*columns, *self._keys))
+        return self._statements[dialect]
+
+    async def fetch(self, conn: AsyncConnection, **params: Any) -> list[JsonRow]:
+        dialect = conn.dialect.name
+        result = await conn.execute(self.statement(dialect), params)
+        key_count = len(self._keys)
+        rows: list[JsonRow] = []
+        for row in result:
+            values = list(row)
+            keys = tuple(values[len(values) - key_count :])
+            if dialect == "postgresql":
+                rows.append(JsonRow(values[0].encode(), keys))
+            else:
+                flat = values[: len(values) - key_count]
+                model = self.shape.adapter.validate_python(self.shape.from_flat(flat))
+                rows.append(JsonRow(self.shape.adapter.dump_json(model), keys))
+        return rows
+
+
+def json_array(rows: list[JsonRow]) -> bytes:
+    """The rows as one JSON array: what Pydantic writes for ``list[Model]``."""
+    return b"[" + b",".join(row.json for row in rows) + b"]"
+
+
+def row_json(fields: dict[str, ColumnElement[Any]]) -> ColumnElement[str]:
+    """PostgreSQL: one JSON object of ``fields``, keys in order, values as Pydantic writes
+    them (a nested ``row_json`` is a nested object)."""
+    return _RowToJson(tuple(fields), tuple(json_value(value) for value in fields.values()))
+
+
+def json_value(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """PostgreSQL: ``column`` as its JSON value: timestamps as Pydantic's text."""
+    if not isinstance(column.type, DateTime):
+        return column
+    # Pydantic writes ISO 8601, "Z" for UTC, microseconds only when there are some.
+    local = column.op("AT TIME ZONE")(literal("UTC")) if column.type.timezone else column
+    suffix = "Z" if column.type.timezone else ""
+    whole_second = func.extract("microseconds", column).cast(Integer) % 1_000_000 == 0
+    return (
+        func.to_char(local, 'YYYY-MM-DD"T"HH24:MI:SS')
+        + case((whole_second, ""), else_=func.to_char(local, ".US"))
+        + suffix
+    )
+
+
+class _RowToJson(ColumnElement[str]):
+    """``(SELECT row_to_json(_r) FROM (SELECT <value> AS <name>, ...) AS _r)``: compact JSON
+    (json_build_object would add spaces) with the keys in the model's order."""
+
+    type = String()
+    inherit_cache = True
+    _traverse_internals = [  # noqa: RUF012 - SQLAlchemy's own declaration style
+        ("names", InternalTraversal.dp_plain_obj),
+        ("values", InternalTraversal.dp_clauseelement_tuple),
+    ]
+
+    def __init__(self, names: tuple[str, ...], values: tuple[ColumnElement[Any], ...]) -> None:
+        self.names = names
+        self.values = values
+
+
+@compiles(_RowToJson, "postgresql")
+def _compile_row_to_json(element: _RowToJson, compiler: SQLCompiler, **kw: Any) -> str:
+    quote = compiler.preparer.quote
+    fields = ", ".join(
+        f"{compiler.process(value, **kw)} AS {quote(name)}"
+        for name, value in zip(element.names, element.values, strict=True)
+    )
+    # Only compiled SQL and quoted identifiers from the Shape go in: values are bound parameters.
+    return f"(SELECT row_to_json(_r) FROM (SELECT {fields}) AS _r)"  # noqa: S608
