@@ -9,7 +9,7 @@ from ..db.json_rows import json_array
 from ..db.queries import DbDep
 from ..errors import documented, invalid
 from ..http_cache import cached_json, json_with_etag
-from ..lifespan import CacheDep, Resources, ResourcesDep, SettingsDep, resources_of
+from ..lifespan import CacheDep, Resources, ResourcesDep, resources_of
 from ..pagination import (
     CursorPage,
     KeysetDep,
