@@ -16,10 +16,12 @@ import re
 import secrets
 import shutil
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +29,7 @@ import pytest
 import yaml
 
 from conftest import Rendered, in_ci, run, run_ok
-from template_config import REPO_ROOT, combinations
+from template_config import REPO_ROOT, Combination, combinations
 
 COMBINATIONS = combinations()
 IDS = [combo.id for combo in COMBINATIONS]
@@ -36,6 +38,8 @@ STAND_INS = REPO_ROOT / "scripts" / "container-images"
 # What the generated README documents, with --network=host (the build reaches the package
 # registries through the host) and --pull=never (nothing to pull from).
 BUILD = ["podman", "build", "--network=host", "--pull=never", "--format", "docker"]
+# Image builds at once (2 cores here; a build waits on downloads for part of its time).
+BUILDERS = 2
 # compose.yaml's stop_grace_period: the longest a stop may take before the engine kills.
 GRACE_SECONDS = 30
 
@@ -68,36 +72,87 @@ class Images:
     build_seconds: float
 
 
-def _base_images(project: Rendered) -> list[str]:
+def _base_images(project: Rendered) -> set[str]:
     dockerfile = (project.project_dir / "Dockerfile").read_text(encoding="utf-8")
     names = set(re.findall(r"^FROM\s+(\S+)", dockerfile, flags=re.MULTILINE))
     compose = yaml.safe_load((project.project_dir / "compose.yaml").read_text(encoding="utf-8"))
-    names |= {s["image"] for s in compose["services"].values() if "build" not in s}
-    return sorted(names)
+    return names | {s["image"] for s in compose["services"].values() if "build" not in s}
+
+
+class Builder:
+    """Builds the selected combinations' images ahead of their tests, BUILDERS at a time.
+
+    Every combination renders the same project_slug, so each build gets a tag of its own (the
+    compose test tags it with compose.yaml's name just before `up`). Builds of the Prisma
+    `migrate` stage take turns: the combinations share that stage, and the second one then comes
+    from the layer cache instead of running `npm ci` (and for SQLite a native compile) again.
+    """
+
+    def __init__(self, render: Callable[[Combination], Rendered]) -> None:
+        self.render = render
+        self.pool = ThreadPoolExecutor(max_workers=BUILDERS)
+        self.jobs: dict[Combination, Future[Images]] = {}
+        self.migrate_stage = threading.Lock()
+        self.run_id = secrets.token_hex(3)
+
+    def start(self, combos: list[Combination]) -> None:
+        todo = [combo for combo in combos if combo not in self.jobs]
+        if not todo:
+            return
+        projects = [self.render(combo) for combo in todo]
+        needed = sorted(set().union(*(_base_images(project) for project in projects)))
+        run_ok([str(STAND_INS), *needed], REPO_ROOT, timeout=1800)
+        for combo, project in zip(todo, projects, strict=True):
+            self.jobs[combo] = self.pool.submit(self._build, project)
+
+    def _build(self, project: Rendered) -> Images:
+        directory = project.project_dir
+        assert (directory / "uv.lock").is_file(), "the copy task locks the dependencies"
+        tag = f"localhost/cfp-test/{project.combo.id}"
+        app = f"{tag}:{self.run_id}"
+        started = time.perf_counter()
+        run_ok([*BUILD, "-t", app, "."], directory, timeout=1800)
+        migrate = None
+        if project.combo.orm == "prisma":
+            migrate = f"{tag}-migrate:{self.run_id}"
+            with self.migrate_stage:
+                run_ok([*BUILD, "--target", "migrate", "-t", migrate, "."], directory, timeout=1800)
+        built_in = time.perf_counter() - started
+        size = int(run_ok(["podman", "image", "inspect", "--format", "{{.Size}}", app], directory))
+        return Images(project, app, migrate, size / 1e6, built_in)
+
+    def images(self, combo: Combination) -> Images:
+        return self.jobs[combo].result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for job in self.jobs.values():
+            if job.done() and not job.cancelled() and job.exception() is None:
+                built = job.result()
+                tags = [built.app, *([built.migrate] if built.migrate else [])]
+                run(["podman", "rmi", "--force", *tags], REPO_ROOT)
+
+
+@pytest.fixture(scope="session")
+def builder(render, podman) -> Iterator[Builder]:
+    builder = Builder(render)
+    try:
+        yield builder
+    finally:
+        builder.close()
 
 
 @pytest.fixture(scope="module", params=COMBINATIONS, ids=IDS)
-def images(request, render, podman) -> Iterator[Images]:
-    """The combination's images, built once for both tests with the names compose.yaml gives
-    them (so `podman-compose up` runs exactly these), removed afterwards."""
-    project = render(request.param)
-    directory = project.project_dir
-    assert (directory / "uv.lock").is_file(), "the copy task locks the dependencies"
-    run_ok([str(STAND_INS), *_base_images(project)], REPO_ROOT, timeout=1800)
-    compose = yaml.safe_load((directory / "compose.yaml").read_text(encoding="utf-8"))
-    app = compose["services"]["app"]["image"]
-    migrate = None
-    started = time.perf_counter()
-    run_ok([*BUILD, "-t", app, "."], directory, timeout=1800)
-    if project.combo.orm == "prisma":
-        migrate = compose["services"]["migrate"]["image"]
-        run_ok([*BUILD, "--target", "migrate", "-t", migrate, "."], directory, timeout=1800)
-    built_in = time.perf_counter() - started
-    size = int(run_ok(["podman", "image", "inspect", "--format", "{{.Size}}", app], directory))
-    try:
-        yield Images(project, app, migrate, size / 1e6, built_in)
-    finally:
-        run(["podman", "rmi", "--force", app, *([migrate] if migrate else [])], directory)
+def images(request, builder: Builder) -> Images:
+    """The combination's images, shared by both tests. The first call starts the builds of every
+    combination the session selected, in test order."""
+    selected = [
+        item.callspec.params["images"]
+        for item in request.session.items
+        if hasattr(item, "callspec") and "images" in item.callspec.params
+    ]
+    builder.start(list(dict.fromkeys(selected)))
+    return builder.images(request.param)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -296,6 +351,12 @@ def test_compose_stack_comes_up_answers_and_goes_away(images: Images) -> None:
     if project.combo.database == "postgresql":
         env["POSTGRES_PASSWORD"] = secrets.token_urlsafe(16)
     base = [_podman_compose(), "--project-name", project_name]
+    # `up` runs the images the image test ran: compose.yaml's names for them, so nothing is built.
+    named = {services["app"]["image"]: images.app}
+    if images.migrate is not None:
+        named[services["migrate"]["image"]] = images.migrate
+    for name, built in named.items():
+        run_ok(["podman", "tag", built, name], directory)
     # podman-compose 1.6 on podman 4.3 ignores service_healthy and, detached, does not wait for
     # service_completed_successfully: start each service after what its depends_on declares,
     # waiting for each declared condition, so the order tested is the file's.
@@ -309,7 +370,8 @@ def test_compose_stack_comes_up_answers_and_goes_away(images: Images) -> None:
                 _wait_condition(project_name, dependency, spec["condition"], directory)
                 conditions_met.add(dependency)
         if service not in started:
-            run_ok([*base, "up", "--detach", "--no-deps", service], directory, env, timeout=600)
+            command = [*base, "up", "--detach", "--no-deps", "--no-build", service]
+            run_ok(command, directory, env, timeout=600)
             started.add(service)
 
     try:
@@ -327,4 +389,5 @@ def test_compose_stack_comes_up_answers_and_goes_away(images: Images) -> None:
         assert run_ok(["podman", "wait", migrate], directory).strip() == "0"
     finally:
         run_ok([*base, "down", "--volumes"], directory, env, timeout=300)
+        run(["podman", "rmi", *named], directory)  # the names only: the images stay tagged
     assert _resources(project_name) == {"containers": [], "volumes": [], "networks": [], "pods": []}
