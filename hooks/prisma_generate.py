@@ -2,8 +2,8 @@
 the same command README.md documents for after a schema change.
 
 Runs in the project's own environment (`uv run`, so the aprisma version is the one pinned in
-pyproject.toml). Idempotent: regenerating writes the same files. Never fails the copy: without uv,
-or when the environment cannot be installed, it says what to run instead.
+pyproject.toml). Idempotent: regenerating writes the same files. Without uv it says what to run
+instead; when the client cannot be generated it exits non-zero, so the copy fails.
 """
 
 import os
@@ -27,7 +27,10 @@ def main() -> int:
     )
     if result.returncode != 0:
         print(result.stdout + result.stderr, file=sys.stderr)
-        print(f"could not generate the Prisma client: {manual}", file=sys.stderr)
+        print(
+            f"could not generate the Prisma client: fix the cause, then {manual}", file=sys.stderr
+        )
+        return 1
     return 0
 
 

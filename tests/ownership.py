@@ -27,6 +27,11 @@ RULES: tuple[Owned, ...] = (
         files=("cache_redis.py",),
         dependencies=("redis", "opentelemetry-instrumentation-redis"),
     ),
-    Owned("database", "postgresql", dependencies=("asyncpg",)),
+    Owned(
+        "database",
+        "postgresql",
+        files=("deploy/kubernetes/*", "deploy/compose/*", "compose.scale.yaml"),
+        dependencies=("asyncpg",),
+    ),
     Owned("database", "sqlite", dependencies=("aiosqlite",)),
 )

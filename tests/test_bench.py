@@ -12,7 +12,7 @@ from template_config import Combination, default_combination
 POSTGRES_REDIS = Combination(
     {**default_combination().answers, "database": "postgresql", "cache_backend": "redis"}
 )
-FIGURES = range(1, 9)
+FIGURES = range(1, 10)
 
 # Run inside the generated project: what the bench run left behind on the servers.
 LEFTOVERS = """

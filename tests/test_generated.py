@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import project_env, run_ok
-from template_config import combinations, default_combination
+from template_config import combinations, default_combination, questions
 
 COMBINATIONS = combinations()
 IDS = [combo.id for combo in COMBINATIONS]
@@ -46,6 +46,31 @@ def test_check(combo, check: str, synced, servers) -> None:
     if check in NEEDS_SERVERS:
         servers.require(project.combo)
     run_ok(CHECKS[check], project.project_dir, project_env(project.combo))
+
+
+@pytest.mark.parametrize("combo", COMBINATIONS, ids=IDS)
+def test_dependency_import_names_are_reserved(combo, synced) -> None:
+    """copier.yml refuses a package_name that would shadow a dependency: every import name the
+    synced environment provides must be in copier/reserved_names.yml's list."""
+    project = synced(combo)
+    listed = run_ok(
+        [
+            "uv",
+            "run",
+            "python",
+            "-c",
+            "import importlib.metadata as m; print(*m.packages_distributions())",
+        ],
+        project.project_dir,
+        project_env(project.combo),
+    )
+    own = str(project.answers["package_name"])
+    # Not identifiers (mypyc's hashed modules, *-stubs) cannot be a package_name anyway.
+    provided = {name.lower() for name in listed.split() if name.isidentifier()}
+    reserved = set(questions()["dependency_import_names"]["default"])
+    assert sorted(provided - reserved - {own.lower()}) == [], (
+        "add these to dependency_import_names in copier/reserved_names.yml"
+    )
 
 
 def _free_port() -> int:

@@ -40,12 +40,26 @@ def answers_for(tmp_path: Path, **data: Any) -> dict[str, Any]:
         ("project_slug", "9x"),
         ("project_slug", "Has Caps"),
         ("project_slug", "-svc"),
+        # PEP 508: a distribution name ends with a letter or digit.
+        ("project_slug", "rel-"),
         ("package_name", "json"),
         ("package_name", "class"),
         ("package_name", "1abc"),
         ("package_name", "my-pkg"),
+        # The import names of dependencies: the package would shadow them.
+        ("package_name", "fastapi"),
+        ("package_name", "FastAPI"),
+        ("package_name", "pydantic"),
+        ("package_name", "sqlalchemy"),
+        ("package_name", "typer"),
         ("author_email", "nope"),
         ("author_email", "a b@example.com"),
+        ("author_email", 'a"b@example.com'),
+        # One line of metadata each: no line breaks or other control characters.
+        ("project_name", "Two\nLines"),
+        ("project_name", "x" * 61),
+        ("description", "Two\nLines"),
+        ("author_name", "Tab\tName"),
     ],
 )
 def test_validator_rejects(tmp_path: Path, question: str, value: str) -> None:
@@ -67,6 +81,9 @@ def test_validator_rejects(tmp_path: Path, question: str, value: str) -> None:
         ("package_name", "bench_service"),
         ("package_name", "Svc2"),
         ("package_name", "_internal"),
+        ("project_name", 'My "Quoted" Service \\ {{ x }} {% y %} Ünïcødé 日本語'),
+        ("description", 'Says "hi" \\ {braces} & <b>*markup*</b>'),
+        ("author_name", 'O\'Brien "The Dev" Zoë'),
         ("author_email", "a@b.c"),
         ("author_email", "first.last+tag@example.org"),
     ],
@@ -99,3 +116,15 @@ def test_reserved_names_cover_keywords_and_stdlib() -> None:
     public_stdlib = {name for name in sys.stdlib_module_names if not name.startswith("_")}
     expected = public_stdlib | set(keyword.kwlist) | set(keyword.softkwlist)
     assert sorted(expected - reserved) == []
+
+
+def test_a_name_without_ascii_letters_says_what_to_type(tmp_path: Path) -> None:
+    """The slug is derived from project_name; the message must say so and what to give."""
+    with pytest.raises(ValueError, match="question 'project_slug'") as excinfo:
+        answers_for(tmp_path, project_name="日本語")
+    message = str(excinfo.value)
+    assert "project_name" in message, message
+    assert "-d project_slug=" in message, message
+
+    answers = answers_for(tmp_path, project_name="日本語", project_slug="nihongo")
+    assert (answers["project_slug"], answers["package_name"]) == ("nihongo", "nihongo")

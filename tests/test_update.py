@@ -183,9 +183,14 @@ def _release_next_version(repo: Path) -> None:
     for path in package.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         path.write_text(text.replace("from ..streaming import", "from ..responses import"))
-    replace_once(repo / "copier.yml", "\nauthor_name:\n", "\nmaintainer_name:\n")
+    config = repo / "copier.yml"
+    replace_once(config, "\nauthor_name:\n", "\nmaintainer_name:\n")
+    # Its validator too.
+    config.write_text(config.read_text().replace("author_name", "maintainer_name"))
     replace_once(
-        repo / "template" / "pyproject.toml.jinja", "{{ author_name }}", "{{ maintainer_name }}"
+        repo / "template" / "pyproject.toml.jinja",
+        "toml_str(author_name)",
+        "toml_str(maintainer_name)",
     )
     replace_once(repo / "copier.yml", "\n_migrations:\n", "\n" + V2_MIGRATIONS)
     commit(repo, f"release {V2}")
@@ -252,6 +257,27 @@ def test_uv_lock_hook_without_uv_says_what_to_do(tmp_path: Path) -> None:
     assert "uv lock" in result.stderr
 
 
+def test_uv_lock_hook_fails_when_the_lock_fails(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\ndescription = "a "b" c"\n')
+
+    result = _hook("uv_lock.py", tmp_path)
+
+    assert result.returncode == 1, result.stderr
+    assert "`uv lock` failed" in result.stderr
+
+
+def test_uv_lock_hook_leaves_conflict_markers_to_the_user(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n<<<<<<< before updating\n=======\n>>>>>>> after updating\n'
+    )
+
+    result = _hook("uv_lock.py", tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "conflict markers" in result.stderr
+    assert not (tmp_path / "uv.lock").exists()
+
+
 def test_migration_hooks_are_idempotent(tmp_path: Path) -> None:
     git(tmp_path, "init", "--quiet")
     answers = tmp_path / ".copier-answers.yml"
@@ -274,6 +300,54 @@ def test_migration_hooks_are_idempotent(tmp_path: Path) -> None:
         "R  src/demo/streaming.py -> src/demo/responses.py"
         in git(tmp_path, "status", "--porcelain").splitlines()
     )
+
+
+def test_rename_package_hook(tmp_path: Path) -> None:
+    git(tmp_path, "init", "--quiet")
+    answers = tmp_path / ".copier-answers.yml"
+    answers.write_text("_commit: 0.1.0\npackage_name: demo\n")
+    (tmp_path / "src" / "demo").mkdir(parents=True)
+    (tmp_path / "src" / "demo" / "ours.py").write_text("# the team's module\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_ours.py").write_text("from demo.ours import x\n")
+    commit(tmp_path, "project")
+
+    refused = _hook("rename_package.py", tmp_path, "before", answers.name, "fastapi")
+    assert refused.returncode == 1
+    assert "the import name of a dependency" in refused.stderr
+    assert (tmp_path / "src/demo/ours.py").is_file()
+
+    moved = _hook("rename_package.py", tmp_path, "before", answers.name, "renamed")
+    again = _hook("rename_package.py", tmp_path, "before", answers.name, "renamed")
+
+    assert (moved.returncode, again.returncode) == (0, 0), moved.stderr + again.stderr
+    assert (tmp_path / "src/renamed/ours.py").read_text() == "# the team's module\n"
+    assert not (tmp_path / "src/demo").exists()
+    # Staged as a rename (copier merges what is in the index); the team's test still imports
+    # the old name and is listed.
+    assert (
+        "R  src/demo/ours.py -> src/renamed/ours.py"
+        in git(tmp_path, "status", "--porcelain").splitlines()
+    )
+    assert "tests/test_ours.py" in moved.stderr
+    assert again.stderr == ""
+    answers.write_text("_commit: 0.2.0\npackage_name: renamed\n")
+    assert _hook("rename_package.py", tmp_path, "after", answers.name).returncode == 0
+
+
+def test_rename_package_hook_refuses_a_rename_it_did_not_move(tmp_path: Path) -> None:
+    """A new package_name typed at the prompt: copier deleted src/OLD; say how to redo it."""
+    git(tmp_path, "init", "--quiet")
+    answers = tmp_path / ".copier-answers.yml"
+    answers.write_text("_commit: 0.1.0\npackage_name: demo\n")
+    commit(tmp_path, "project")
+    answers.write_text("_commit: 0.2.0\npackage_name: renamed\n")
+
+    result = _hook("rename_package.py", tmp_path, "after", answers.name)
+
+    assert result.returncode == 1
+    assert "copier update --trust --defaults -d package_name=renamed" in result.stderr
+    assert "git reset --hard" in result.stderr
 
 
 # --------------------------------------------------------------------------- updates
@@ -438,3 +512,38 @@ def test_switching_the_cache_backend_and_back(template_repo: Path, tmp_path: Pat
     # Back exactly where it started: the files of the Redis variant are gone, nothing is left over.
     assert git(project, "diff", generated, "--stat") == ""
     assert git(project, "ls-files", "--others", "--exclude-standard") == ""
+
+
+def test_renaming_the_package_keeps_the_teams_edits(template_repo: Path, tmp_path: Path) -> None:
+    """`copier update -d package_name=...` from 0.1.0: src/<old> moves to src/<new> with the
+    team's files and edits, instead of being deleted."""
+    project = tmp_path / "update-demo"
+    copier_copy(template_repo, project, V1)
+    commit(project, "Generate the service")
+    _add_widgets_endpoint(project)
+    replace_once(project / SRC / "settings.py", *USER_SETTING)
+    commit(project, "Our changes")
+
+    output = copier_update(project, package_name="renamed_demo")
+
+    assert "moved src/update_demo -> src/renamed_demo" in output
+    renamed = project / "src" / "renamed_demo"
+    assert recorded_answers(project)["package_name"] == "renamed_demo"
+    assert not (project / SRC).exists()
+    assert (renamed / "api" / "widgets.py").read_text() == WIDGETS
+    assert (project / "tests" / "test_widgets.py").read_text() == WIDGETS_TEST
+    # What git cannot place without a common ancestor at the new path is an inline conflict,
+    # only in the moved package: keep the team's side in the files they edited, the template's
+    # (0.2.0) in the others.
+    conflicted = files_with_markers(project)
+    assert {path for path in conflicted if not path.startswith("src/renamed_demo/")} == set()
+    edited = {"src/renamed_demo/api/__init__.py", "src/renamed_demo/settings.py"}
+    for path in conflicted:
+        resolve(project / path, keep="ours" if path in edited else "theirs")
+        git(project, "add", path)
+    assert (renamed / "api" / "__init__.py").read_text().endswith(WIDGETS_REGISTRATION)
+    assert USER_SETTING[1] in (renamed / "settings.py").read_text()
+    assert 'packages = ["src/renamed_demo"]' in (project / "pyproject.toml").read_text()
+    assert "from renamed_demo." in (project / "tests" / "conftest.py").read_text()
+    run_ok(["uv", "lock"], project, project_env(MEMORY))
+    run_project_tests(project, MEMORY)

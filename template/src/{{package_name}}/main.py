@@ -1,12 +1,14 @@
 """Application factory: settings in, a fully wired FastAPI app out."""
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.middleware.gzip import GZipMiddleware
 
 from .api import api_router
 from .api.health import router as health_router
+from .errors import request_validation_error
 from .lifespan import lifespan
 from .logs import configure_logging
 from .metrics import observe_request
@@ -30,6 +32,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     if settings.app.metrics_enabled:
         app.include_router(metrics_router)
+
+    app.add_exception_handler(RequestValidationError, request_validation_error)
 
     retry_after = str(max(1, round(settings.database.pool_timeout_seconds)))
 

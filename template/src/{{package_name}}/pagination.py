@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
 from .lifespan import SettingsDep
+from .schemas import MAX_ID
 from .settings import Settings
 
 T = TypeVar("T")
@@ -54,7 +55,9 @@ class OffsetParams(BaseModel):
 
 async def offset_params(
     settings: SettingsDep,
-    page: Annotated[int, Query(ge=1, description="1-based page number")] = 1,
+    # No table holds more rows than there are ids: a larger page is empty, and its offset could
+    # overflow the database's integer.
+    page: Annotated[int, Query(ge=1, le=MAX_ID, description="1-based page number")] = 1,
     page_size: Annotated[int | None, Query(ge=1, description="Items per page")] = None,
 ) -> OffsetParams:
     # The upper bound comes from settings, so it is checked here rather than in Query(le=...).

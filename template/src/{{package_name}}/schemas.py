@@ -1,9 +1,33 @@
 """Response and request models: one family per entity. Internal columns (password_hash) have no
 field here, so no endpoint can return them."""
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
+
+# Ids are INTEGER columns (32-bit on PostgreSQL). One bound on every database, so a request
+# the API accepts on SQLite is accepted on PostgreSQL too, and larger numbers are a 422 naming
+# the bound instead of an overflow inside the driver.
+MAX_ID = 2**31 - 1
+RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
+# PostgreSQL text cannot hold NUL; refusing it everywhere keeps the databases interchangeable.
+# (Lone surrogates never get this far: Pydantic refuses them as invalid unicode.)
+PlainText = Annotated[str, Field(pattern=r"^[^\x00]*$")]
+
+
+def _assume_utc(value: datetime) -> datetime:
+    # SQLite (and Prisma's TIMESTAMP columns) hand back naive datetimes that are UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_assume_utc)]
+
+
+class ErrorMessage(BaseModel):
+    """The body of every error but 422 (whose ``detail`` is a list of ValidationError)."""
+
+    detail: str
 
 
 class _FromRow(BaseModel):
@@ -21,7 +45,7 @@ class UserCreate(BaseModel):
 
     email: EmailStr
     username: str = Field(min_length=3, max_length=50, pattern=r"^[a-zA-Z0-9_.-]+$")
-    name: str = Field(min_length=1, max_length=100)
+    name: PlainText = Field(min_length=1, max_length=100)
     password: str = Field(min_length=8, max_length=256)
 
 
@@ -35,23 +59,45 @@ class ProjectPublic(_FromRow):
     name: str
     description: str
     item_count: int
-    created_at: datetime
+    created_at: UtcDatetime
     owner: OwnerPublic
 
 
 class ProjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
-    description: str = Field(default="", max_length=10_000)
-    owner_id: int = Field(ge=1)
+    name: PlainText = Field(min_length=1, max_length=200)
+    description: PlainText = Field(default="", max_length=10_000)
+    owner_id: RowId
+
+
+def _offer_no_null(schema: dict[str, Any]) -> None:
+    """JSON schema of an optional field that may be left out but never sent as null: only the
+    non-null branch, and no ``"default": null``."""
+    schema.pop("default", None)
+    schema.update(next(branch for branch in schema.pop("anyOf") if branch.get("type") != "null"))
 
 
 class ProjectUpdate(BaseModel):
+    """Only the fields sent are changed. A field may be left out, never set to null (the
+    columns are NOT NULL), so the schema offers no null."""
+
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    description: str | None = Field(default=None, max_length=10_000)
+    name: Annotated[PlainText, Field(min_length=1, max_length=200)] | None = Field(
+        default=None, json_schema_extra=_offer_no_null
+    )
+    description: Annotated[PlainText, Field(max_length=10_000)] | None = Field(
+        default=None, json_schema_extra=_offer_no_null
+    )
+
+    @field_validator("name", "description", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Runs only for fields that were sent: the None defaults are not validated.
+        if value is None:
+            raise ValueError("may be left out but not null")
+        return value
 
 
 class ProjectSummary(_FromRow):

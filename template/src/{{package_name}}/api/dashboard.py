@@ -3,16 +3,17 @@ cannot run two statements at once)."""
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import TypeVar
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, status
 
 from ..db import queries
 from ..db.queries import Db
+from ..errors import documented
 from ..lifespan import ResourcesDep
-from ..schemas import Dashboard, ProjectSummary
+from ..schemas import Dashboard, ProjectSummary, RowId
 
-router = APIRouter(prefix="/dashboard", tags=["dashboard"])
+router = APIRouter(prefix="/dashboard", tags=["dashboard"], responses=documented(503))
 
 T = TypeVar("T")
 RECENT_PROJECTS = 10
@@ -22,8 +23,8 @@ async def _recent_projects(db: Db, user_id: int) -> list[ProjectSummary]:
     return await queries.recent_projects(db, user_id, limit=RECENT_PROJECTS)
 
 
-@router.get("/{user_id}")
-async def get_dashboard(user_id: Annotated[int, Path(ge=1)], resources: ResourcesDep) -> Dashboard:
+@router.get("/{user_id}", responses=documented(404))
+async def get_dashboard(user_id: RowId, resources: ResourcesDep) -> Dashboard:
     async def on_own_db(query: Callable[[Db, int], Awaitable[T]]) -> T:
         async with queries.open_db(resources) as db:
             return await query(db, user_id)

@@ -9,6 +9,7 @@ import anyio
 from fastapi import APIRouter, HTTPException, Path, Request, status
 from fastapi.responses import FileResponse
 
+from ..errors import documented
 from ..lifespan import SettingsDep
 from ..schemas import StoredFile
 
@@ -24,7 +25,7 @@ def _too_large(limit: int) -> HTTPException:
     )
 
 
-@router.put("/{name}", status_code=status.HTTP_201_CREATED)
+@router.put("/{name}", status_code=status.HTTP_201_CREATED, responses=documented(413))
 async def upload_file(name: FileName, request: Request, settings: SettingsDep) -> StoredFile:
     """Send the raw bytes as the request body. Over the limit: 413, and nothing is kept."""
     limit = settings.app.max_upload_bytes
@@ -34,7 +35,8 @@ async def upload_file(name: FileName, request: Request, settings: SettingsDep) -
     directory = FilePath(settings.app.upload_dir)
     await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename at the end: readers never see a partial file.
-    partial = directory / f".{name}.{secrets.token_hex(4)}.part"
+    # A name of its own: the target's name may already be as long as the file system allows.
+    partial = directory / f".upload-{secrets.token_hex(8)}.part"
     size = 0
     try:
         async with await anyio.open_file(partial, "wb") as out:
@@ -49,7 +51,7 @@ async def upload_file(name: FileName, request: Request, settings: SettingsDep) -
     return StoredFile(name=name, size=size)
 
 
-@router.get("/{name}", response_class=FileResponse)
+@router.get("/{name}", response_class=FileResponse, responses=documented(206, 404, 416))
 async def download_file(name: FileName, settings: SettingsDep) -> FileResponse:
     path = FilePath(settings.app.upload_dir) / name
     if not await anyio.Path(path).is_file():

@@ -12,10 +12,11 @@ from pydantic_core import to_json
 
 from ..db import queries
 from ..db.queries import EXPORT_COLUMNS
+from ..errors import documented
 from ..lifespan import ResourcesDep
 from ..streaming import ClosingStreamingResponse
 
-router = APIRouter(prefix="/items", tags=["items"])
+router = APIRouter(prefix="/items", tags=["items"], responses=documented(503))
 
 CSV_HEADER = ",".join(EXPORT_COLUMNS) + "\r\n"
 

@@ -1,22 +1,21 @@
 """Projects: eager-loaded owners, offset and keyset pages, cached reads, invalidating writes,
 and a background recount."""
 
-from typing import Annotated
-
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Path, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response, status
 
 from ..cache import Cache
 from ..db import queries
 from ..db.queries import Db, DbDep
+from ..errors import documented, invalid
 from ..http_cache import cached_json, json_with_etag
 from ..lifespan import CacheDep, Resources, ResourcesDep, SettingsDep
 from ..pagination import CursorPage, KeysetDep, OffsetDep, OffsetParams, Page, next_cursor
-from ..schemas import ProjectCreate, ProjectPublic, ProjectUpdate, TaskAccepted
+from ..schemas import ProjectCreate, ProjectPublic, ProjectUpdate, RowId, TaskAccepted
 
-router = APIRouter(prefix="/projects", tags=["projects"])
+router = APIRouter(prefix="/projects", tags=["projects"], responses=documented(503))
 
 LIST_NAMESPACE = "projects-list"
-ProjectId = Annotated[int, Path(ge=1)]
+ProjectId = RowId
 
 
 def project_key(cache: Cache, project_id: int) -> str:
@@ -38,7 +37,7 @@ async def _load_page(db: Db, params: OffsetParams) -> bytes:
     return page.model_dump_json().encode()
 
 
-@router.get("", response_model=Page[ProjectPublic])
+@router.get("", response_model=Page[ProjectPublic], responses=documented(304))
 async def list_projects(request: Request, resources: ResourcesDep, params: OffsetDep) -> Response:
     async def load() -> bytes:
         # A session only on a miss: a cache hit never touches the database layer.
@@ -69,7 +68,7 @@ def _not_found(project_id: int) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"project {project_id} not found")
 
 
-@router.get("/{project_id}", response_model=ProjectPublic)
+@router.get("/{project_id}", response_model=ProjectPublic, responses=documented(304, 404))
 async def get_project(project_id: ProjectId, request: Request, resources: ResourcesDep) -> Response:
     cache = resources.cache
 
@@ -83,18 +82,16 @@ async def get_project(project_id: ProjectId, request: Request, resources: Resour
     return await cached_json(request, cache, project_key(cache, project_id), load)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=documented(400))
 async def create_project(body: ProjectCreate, db: DbDep, cache: CacheDep) -> ProjectPublic:
     project = await queries.create_project(db, body)
     if project is None:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, f"owner_id: user {body.owner_id} not found"
-        )
+        raise invalid(("body", "owner_id"), f"user {body.owner_id} not found")
     await cache.invalidate_namespace(LIST_NAMESPACE)
     return project
 
 
-@router.patch("/{project_id}")
+@router.patch("/{project_id}", responses=documented(400, 404))
 async def update_project(
     project_id: ProjectId, body: ProjectUpdate, db: DbDep, cache: CacheDep
 ) -> ProjectPublic:
@@ -105,7 +102,7 @@ async def update_project(
     return project
 
 
-@router.delete("/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{project_id}", status_code=status.HTTP_204_NO_CONTENT, responses=documented(404))
 async def delete_project(project_id: ProjectId, db: DbDep, cache: CacheDep) -> None:
     if not await queries.delete_project(db, project_id):
         raise _not_found(project_id)
@@ -119,7 +116,9 @@ async def recount_items(resources: Resources, project_id: int) -> None:
     await invalidate_project(resources.cache, project_id)
 
 
-@router.post("/{project_id}/recount", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/{project_id}/recount", status_code=status.HTTP_202_ACCEPTED, responses=documented(404)
+)
 async def schedule_recount(
     project_id: ProjectId,
     db: DbDep,

@@ -6,6 +6,7 @@ import httpx
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import TypeAdapter, ValidationError
 
+from ..errors import documented
 from ..lifespan import CacheDep, HttpClientDep
 from ..schemas import Rates
 
@@ -14,7 +15,7 @@ router = APIRouter(prefix="/rates", tags=["rates"])
 _RATES = TypeAdapter(Rates)
 
 
-@router.get("")
+@router.get("", responses=documented(502, 504))
 async def get_rates(
     http: HttpClientDep,
     cache: CacheDep,

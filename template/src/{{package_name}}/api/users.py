@@ -2,17 +2,17 @@
 
 import hashlib
 import secrets
-from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, status
 
 from ..db import queries
 from ..db.queries import DbDep
+from ..errors import documented
 from ..pagination import OffsetDep, Page
-from ..schemas import UserCreate, UserPublic
+from ..schemas import RowId, UserCreate, UserPublic
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/users", tags=["users"], responses=documented(503))
 
 
 def hash_password(password: str) -> str:
@@ -31,15 +31,15 @@ async def list_users(db: DbDep, params: OffsetDep) -> Page[UserPublic]:
     )
 
 
-@router.get("/{user_id}")
-async def get_user(user_id: Annotated[int, Path(ge=1)], db: DbDep) -> UserPublic:
+@router.get("/{user_id}", responses=documented(404))
+async def get_user(user_id: RowId, db: DbDep) -> UserPublic:
     user = await queries.get_user(db, user_id)
     if user is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {user_id} not found")
     return user
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=documented(400, 409))
 async def create_user(body: UserCreate, db: DbDep) -> UserPublic:
     if await queries.email_or_username_taken(db, email=body.email, username=body.username):
         raise HTTPException(status.HTTP_409_CONFLICT, "email or username is already taken")

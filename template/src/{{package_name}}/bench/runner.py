@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -63,6 +64,10 @@ class Bench:
     secret_key: str
     client_pin: list[str]
     log: Callable[[str], None]
+    # How the session started its servers, for a figure that starts its own (figure 9).
+    server_env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path = Path()
+    server_pin: list[str] = field(default_factory=list)
     http: httpx.Client = field(default_factory=lambda: httpx.Client(trust_env=False, timeout=60))
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -487,6 +492,12 @@ def pool(bench: Bench) -> list[Figure]:
     ]
 
 
+def pgbouncer(bench: Bench) -> list[Figure]:
+    from .pooler import pooler  # imported here: bench/pooler.py builds on this module
+
+    return pooler(bench)
+
+
 FIGURES: list[tuple[int, str, Callable[[Bench], list[Figure]]]] = [
     (1, "cached project vs ceiling", ceiling),
     (2, "eager vs N+1 page", n_plus_one),
@@ -496,6 +507,7 @@ FIGURES: list[tuple[int, str, Callable[[Bench], list[Figure]]]] = [
     (6, "middleware", middleware),
     (7, "stampede", stampede),
     (8, "connection pool", pool),
+    (9, "PgBouncer", pgbouncer),
 ]
 
 

@@ -190,6 +190,9 @@ def run_bench(
             secret_key=secret,
             client_pin=client_pin,
             log=_echo,
+            server_env=env,
+            log_dir=output,
+            server_pin=server_pin,
         )
         figures = run_figures(runner)
         runner.http.close()

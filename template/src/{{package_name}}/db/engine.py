@@ -47,6 +47,8 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
                 "use a SQLite file (sqlite:///path.db): an in-memory DB is per connection"
             )
         options["connect_args"] = {"timeout": settings.pool_timeout_seconds}
+    elif settings.pooler == "pgbouncer":
+        options["connect_args"] = _pgbouncer_connect_args()
     else:
         options["connect_args"] = {
             "server_settings": {"statement_timeout": str(settings.statement_timeout_ms)}
@@ -61,6 +63,25 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     )
     _instrument(engine, slow_query_seconds=settings.slow_query_ms / 1000)
     return engine
+
+
+def _pgbouncer_connect_args() -> dict[str, Any]:
+    """PgBouncer in transaction mode gives each transaction whichever server connection is free,
+    and PgBouncer 1.18 forwards no prepared statement: one prepared (and cached) on one server
+    connection is unknown on the next, or a name is already taken there by another client.
+    So asyncpg caches none, SQLAlchemy caches none, and each statement is asyncpg's unnamed one,
+    parsed again with every execution in the same round trip, so none outlives its use.
+    PgBouncer 1.18 also refuses a statement_timeout startup parameter: set it on the role
+    (README.md, "Scaling out")."""
+    return {
+        "statement_cache_size": 0,
+        "prepared_statement_cache_size": 0,
+        "prepared_statement_name_func": _unnamed_statement,
+    }
+
+
+def _unnamed_statement() -> str:
+    return ""
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

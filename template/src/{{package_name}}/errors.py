@@ -1,0 +1,65 @@
+"""One error shape: ``{"detail": "..."}`` (ErrorMessage) for every error but 422, whose
+``detail`` is a list of ValidationError. Every status a route answers is documented with it."""
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+
+from .schemas import ErrorMessage
+
+_DESCRIPTIONS = {
+    400: "The body could not be parsed",
+    404: "Not found",
+    409: "Conflicts with an existing row",
+    413: "The body is over the size limit",
+    416: "The Range is not satisfiable",
+    502: "The upstream failed",
+    503: "The database is unavailable or busy: retry after Retry-After seconds",
+    504: "The upstream timed out",
+}
+_WITHOUT_BODY = {
+    206: "Partial content, for a Range request",
+    304: "Not modified: If-None-Match matched the ETag",
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route answers."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        if status in _WITHOUT_BODY:
+            responses[status] = {"description": _WITHOUT_BODY[status]}
+        else:
+            responses[status] = {"model": ErrorMessage, "description": _DESCRIPTIONS[status]}
+    return responses
+
+
+def invalid(loc: Sequence[str | int], message: str) -> RequestValidationError:
+    """A 422 for a value that is well-formed but refers to nothing, shaped like Pydantic's."""
+    return RequestValidationError([{"type": "value_error", "loc": tuple(loc), "msg": message}])
+
+
+def _public(error: dict[str, Any]) -> dict[str, Any]:
+    # No "input": it may be a password, or anything else the client should not see echoed.
+    public = {"type": error["type"], "loc": list(error["loc"]), "msg": error["msg"]}
+    if "ctx" in error:
+        public["ctx"] = error["ctx"]
+    return public
+
+
+async def request_validation_error(_request: Request, exc: Exception) -> Response:
+    """FastAPI's 422, minus the submitted input, and encodable whatever the client sent: a lone
+    surrogate in a key or message becomes "?" instead of a UnicodeEncodeError (a 500)."""
+    assert isinstance(exc, RequestValidationError)
+    body = json.dumps(
+        {"detail": [_public(error) for error in exc.errors()]},
+        ensure_ascii=False,
+        separators=(",", ":"),
+        default=str,
+    )
+    return Response(
+        body.encode("utf-8", errors="replace"), status_code=422, media_type="application/json"
+    )

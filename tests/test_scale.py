@@ -1,0 +1,550 @@
+"""Scale-out: 3 replicas of the generated service (`serve`), nginx in front, PgBouncer in
+transaction mode between them and PostgreSQL, Redis shared; all real processes this test starts,
+with its own configuration files on free ports (never the system's services).
+
+Under bounded load it checks: no failed request; PostgreSQL never sees more server connections
+for the test's database than PgBouncer's pool; a write through one replica is read back through
+the others; and a rolling restart (SIGTERM each replica in turn, start it again) under the same
+load loses no request. The figures are printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from conftest import (
+    POSTGRES_DEFAULT_URL,
+    REDIS_DEFAULT_URL,
+    in_ci,
+    project_env,
+    run,
+    run_ok,
+)
+from template_config import Combination, combinations, default_combination
+
+SCALE = Combination(
+    {**default_combination().answers, "database": "postgresql", "cache_backend": "redis"}
+)
+REPLICAS = 3
+CLIENTS = 32
+STEADY_SECONDS = 15
+GRACEFUL_SECONDS = 10  # serve --graceful-timeout
+PGBOUNCER_POOL = 8  # PostgreSQL server connections for the test's database, at most
+REPLICA_POOL = (4, 4)  # DATABASE_POOL_SIZE, DATABASE_MAX_OVERFLOW: 3 x 8 client connections
+INSTALL = "apt-get install pgbouncer nginx-light (.ci/run installs them)"
+
+# Run with the generated project's interpreter (it has httpx and asyncpg): CLIENTS concurrent
+# clients through the balancer until DURATION passes or STOP_FILE appears, while sampling
+# PostgreSQL's server connections for the test's database.
+LOAD = r"""
+import asyncio, json, os, random, sys, time
+import asyncpg, httpx
+
+base, admin_url, database, clients, duration, stop_file = sys.argv[1:7]
+clients, duration = int(clients), float(duration)
+paths = ["/health/ready", "/api/v1/projects/cursor?limit=20"]
+paths += [f"/api/v1/projects?page={page}&page_size=20" for page in range(4, 12)]
+paths += [f"/api/v1/projects/{pid}" for pid in range(1, 40)]
+
+async def main():
+    statuses, failures, latencies, connections, transport_errors = {}, [], [], [], []
+    deadline = time.monotonic() + duration
+    def running():
+        return time.monotonic() < deadline and not os.path.exists(stop_file)
+
+    async def client(number, http):
+        rng = random.Random(number)
+        while running():
+            path = rng.choice(paths)
+            started = time.perf_counter()
+            try:
+                response = await http.get(path)
+            except httpx.HTTPError as exc:
+                failures.append(f"{path}: {type(exc).__name__}: {exc}")
+                transport_errors.append(path)
+                continue
+            latencies.append(time.perf_counter() - started)
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            if response.status_code != 200:
+                failures.append(f"{path}: {response.status_code} {response.text[:200]}")
+
+    async def sample():
+        conn = await asyncpg.connect(admin_url)
+        try:
+            while running():
+                connections.append(await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", database))
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30, trust_env=False) as http:
+        await asyncio.gather(sample(), *(client(n, http) for n in range(clients)))
+    elapsed = time.monotonic() - started
+    latencies.sort()
+    print(json.dumps({
+        "seconds": elapsed,
+        "requests": sum(statuses.values()) + len(transport_errors),
+        "statuses": statuses,
+        "failures": failures[:20],
+        "failed": len(failures),
+        "rps": sum(statuses.values()) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000 if latencies else None,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000 if latencies else None,
+        "max_server_connections": max(connections, default=-1),
+        "samples": len(connections),
+    }))
+
+asyncio.run(main())
+"""
+
+PGBOUNCER_INI = """\
+[databases]
+{database} = host={host} port={port} dbname={database} user={user}{password}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {listen_port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {run_dir}/userlist.txt
+pool_mode = transaction
+default_pool_size = {pool}
+max_db_connections = {pool}
+max_client_conn = 500
+"""
+
+# The retry policy the test runs through the rolling restart; compose's nginx.conf has it too.
+RETRY = "proxy_next_upstream error timeout http_502 http_503 http_504;"
+NGINX_CONF = """\
+{user}
+worker_processes 1;
+daemon off;
+pid {run_dir}/nginx.pid;
+error_log {run_dir}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {run_dir}/nginx-body;
+    proxy_temp_path {run_dir}/nginx-proxy;
+    fastcgi_temp_path {run_dir}/nginx-fastcgi;
+    uwsgi_temp_path {run_dir}/nginx-uwsgi;
+    scgi_temp_path {run_dir}/nginx-scgi;
+    upstream replicas {{
+{servers}
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{listen_port};
+        location / {{
+            proxy_pass http://replicas;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            # A replica that refuses or drops a connection (stopping): the request goes to the
+            # next one. nginx retries only idempotent methods so (no non_idempotent here).
+            {retry}
+            proxy_next_upstream_tries {replicas};
+            proxy_connect_timeout 1s;
+            proxy_read_timeout 30s;
+        }}
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def program(name: str) -> str:
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    message = f"{name} is not installed: {INSTALL}"
+    if in_ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"exited {process.returncode}:\n{log.read_text()[-3000:]}", pytrace=False)
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    pytest.fail(f"nothing listens on {port} after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def get(url: str, timeout: float = 5) -> tuple[int, bytes]:
+    request = urllib.request.Request(url)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def send(method: str, url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        return response.status, json.loads(response.read())
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def stop(self, grace: float = 15) -> int | None:
+        """SIGTERM, then SIGKILL after ``grace``; the exit status (None: it was killed)."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                return self.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+                return None
+        return self.popen.returncode
+
+
+class Topology:
+    """The processes of one test; each is stopped by its own pid at the end."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.processes: list[Process] = []
+
+    def start(self, name: str, command: list[str], **kwargs) -> Process:
+        log = self.run_dir / f"{name}.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(  # noqa: S603
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                **kwargs,
+            )
+        process = Process(name, popen, log)
+        self.processes.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in reversed(self.processes):
+            process.stop(grace=10)
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    # World-readable: PgBouncer and nginx workers drop root privileges (to nobody) when run as root.
+    path = Path(tempfile.mkdtemp(prefix="scale-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def admin_sql(admin_url: str, sql: str, project_dir: Path, env: dict[str, str]) -> None:
+    script = (
+        "import asyncio, sys, asyncpg\n"
+        "async def main():\n"
+        "    conn = await asyncpg.connect(sys.argv[1])\n"
+        "    await conn.execute(sys.argv[2])\n"
+        "    await conn.close()\n"
+        "asyncio.run(main())\n"
+    )
+    run_ok([".venv/bin/python", "-c", script, admin_url, sql], project_dir, env)
+
+
+def test_replicas_behind_nginx_and_pgbouncer_survive_load_and_a_rolling_restart(
+    synced, servers, run_dir, capsys
+) -> None:
+    project = synced(SCALE)
+    servers.require(project.combo)
+    pgbouncer_bin, nginx_bin = program("pgbouncer"), program("nginx")
+    base_env = project_env(project.combo)
+    admin_url = base_env.get("TEST_DATABASE_URL", POSTGRES_DEFAULT_URL)
+    redis_url = base_env.get("TEST_REDIS_URL", REDIS_DEFAULT_URL)
+    server = urlsplit(admin_url)
+    run_id = secrets.token_hex(4)
+    database = f"scale_{run_id}"
+    direct_url = server._replace(path=f"/{database}").geturl()
+    slug = project.slug
+    cli = str(project.project_dir / ".venv" / "bin" / slug)
+    topology = Topology(run_dir)
+    as_root = os.geteuid() == 0
+
+    admin_sql(admin_url, f'CREATE DATABASE "{database}"', project.project_dir, base_env)
+    try:
+        # Migrations and seed data straight to PostgreSQL (they hold session state).
+        direct = {**base_env, "DATABASE_URL": direct_url}
+        run_ok([cli, "db", "upgrade"], project.project_dir, direct)
+        run_ok(
+            [cli, "seed", "--users", "50", "--projects", "400", "--items", "400"],
+            project.project_dir,
+            direct,
+            timeout=300,
+        )
+
+        # PgBouncer, transaction mode.
+        pgbouncer_port = free_port()
+        password = f" password={server.password}" if server.password else ""
+        (run_dir / "pgbouncer.ini").write_text(
+            PGBOUNCER_INI.format(
+                database=database,
+                host=server.hostname or "127.0.0.1",
+                port=server.port or 5432,
+                user=server.username or "postgres",
+                password=password,
+                listen_port=pgbouncer_port,
+                run_dir=run_dir,
+                pool=PGBOUNCER_POOL,
+            )
+        )
+        (run_dir / "userlist.txt").write_text(f'"{server.username or "postgres"}" ""\n')
+        command = [pgbouncer_bin, *(["-u", "nobody"] if as_root else []), "pgbouncer.ini"]
+        pgbouncer = topology.start("pgbouncer", command, cwd=run_dir)
+        wait_for_port(pgbouncer_port, pgbouncer.popen, pgbouncer.log)
+        pooled_url = (
+            f"postgresql://{server.username or 'postgres'}@127.0.0.1:{pgbouncer_port}/{database}"
+        )
+
+        # The replicas: serve, configured as the Kubernetes ConfigMap configures a pod.
+        replica_env = {
+            **base_env,
+            "APP_ENVIRONMENT": "production",
+            "APP_SECRET_KEY": secrets.token_urlsafe(32),
+            "APP_LOG_LEVEL": "WARNING",
+            "APP_UPLOAD_DIR": str(run_dir / "uploads"),
+            "DATABASE_URL": pooled_url,
+            "DATABASE_POOLER": "pgbouncer",
+            "DATABASE_POOL_SIZE": str(REPLICA_POOL[0]),
+            "DATABASE_MAX_OVERFLOW": str(REPLICA_POOL[1]),
+            "REDIS_URL": redis_url,
+            "CACHE_KEY_PREFIX": f"scale-{run_id}:",
+        }
+        ports = [free_port() for _ in range(REPLICAS)]
+
+        def start_replica(index: int) -> Process:
+            command = [cli, "serve", "--host", "127.0.0.1", "--port", str(ports[index])]
+            command += ["--graceful-timeout", str(GRACEFUL_SECONDS)]
+            process = topology.start(
+                f"replica-{index}", command, cwd=project.project_dir, env=replica_env
+            )
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if process.popen.poll() is not None:
+                    pytest.fail(f"replica {index} exited:\n{process.log.read_text()[-3000:]}")
+                with contextlib.suppress(OSError):
+                    if get(f"http://127.0.0.1:{ports[index]}/health/ready", 2)[0] == 200:
+                        return process
+                time.sleep(0.2)
+            pytest.fail(f"replica {index} not ready in 60 s:\n{process.log.read_text()[-3000:]}")
+
+        replicas = [start_replica(index) for index in range(REPLICAS)]
+
+        # nginx in front.
+        nginx_port = free_port()
+        (run_dir / "nginx.conf").write_text(
+            NGINX_CONF.format(
+                user="user nobody nogroup;" if as_root else "",
+                run_dir=run_dir,
+                servers="\n".join(
+                    f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;"
+                    for port in ports
+                ),
+                listen_port=nginx_port,
+                replicas=REPLICAS,
+                retry=RETRY,
+            )
+        )
+        nginx = topology.start(
+            "nginx", [nginx_bin, "-p", str(run_dir), "-c", str(run_dir / "nginx.conf")]
+        )
+        wait_for_port(nginx_port, nginx.popen, nginx.log)
+        balancer = f"http://127.0.0.1:{nginx_port}"
+        assert get(f"{balancer}/health/ready")[0] == 200
+
+        def load(duration: float, stop_file: Path | None = None) -> subprocess.Popen:
+            return subprocess.Popen(  # noqa: S603
+                [".venv/bin/python", "-c", LOAD, balancer, admin_url, database]
+                + [str(CLIENTS), str(duration), str(stop_file or run_dir / "never")],
+                cwd=project.project_dir,
+                env=base_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+
+        def result(process: subprocess.Popen) -> dict:
+            out, err = process.communicate(timeout=180)
+            assert process.returncode == 0, err
+            return json.loads(out)
+
+        # 1. Steady load.
+        steady = result(load(STEADY_SECONDS))
+
+        # 2. A write through one replica, read back through the others (each had it cached).
+        replica_urls = [f"http://127.0.0.1:{port}" for port in ports]
+        for url in replica_urls:
+            assert get(f"{url}/api/v1/projects/7")[0] == 200
+        new_name = f"renamed {run_id}"
+        status, written = send("PATCH", f"{replica_urls[0]}/api/v1/projects/7", {"name": new_name})
+        assert (status, written["name"]) == (200, new_name)
+        for url in replica_urls[1:]:
+            status, body = get(f"{url}/api/v1/projects/7")
+            assert (status, json.loads(body)["name"]) == (200, new_name), url
+        status, created = send(
+            "POST",
+            f"{replica_urls[1]}/api/v1/projects",
+            {"name": f"new {run_id}", "owner_id": 1},
+        )
+        assert status == 201
+        for url in (replica_urls[0], replica_urls[2]):
+            status, body = get(f"{url}/api/v1/projects/{created['id']}")
+            assert (status, json.loads(body)) == (200, created), url
+
+        # 3. Rolling restart under the same load.
+        stop_file = run_dir / "stop-load"
+        rolling = load(120, stop_file)
+        time.sleep(3)
+        stops = []
+        for index in range(REPLICAS):
+            started = time.monotonic()
+            code = replicas[index].stop(grace=GRACEFUL_SECONDS + 5)
+            stops.append(time.monotonic() - started)
+            assert code == 0, f"replica {index} exited {code} on SIGTERM"
+            replicas[index] = start_replica(index)
+            time.sleep(2)
+        stop_file.touch()
+        restart = result(rolling)
+        # What nginx passed on to another replica: refused connects, connections closed under it.
+        retried = (run_dir / "nginx-error.log").read_text().count("upstream")
+    finally:
+        topology.stop_all()
+        with contextlib.suppress(pytest.fail.Exception):
+            admin_sql(
+                admin_url,
+                f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
+                project.project_dir,
+                base_env,
+            )
+        run(
+            [
+                ".venv/bin/python",
+                "-c",
+                "import sys, redis; r = redis.Redis.from_url(sys.argv[1]); "
+                "keys = list(r.scan_iter(match=sys.argv[2] + '*')); keys and r.delete(*keys)",
+                redis_url,
+                f"scale-{run_id}:",
+            ],
+            project.project_dir,
+            base_env,
+        )
+
+    with capsys.disabled():
+        print(f"\nscale-out ({REPLICAS} replicas, nginx, PgBouncer pool {PGBOUNCER_POOL}):")
+        for name, figures in (("steady", steady), ("rolling restart", restart)):
+            print(
+                f"  {name}: {figures['requests']:,} requests in {figures['seconds']:.1f} s "
+                f"({figures['rps']:,.0f} req/s, p50 {figures['p50_ms']:.1f} ms, "
+                f"p99 {figures['p99_ms']:.1f} ms), {figures['failed']} failed, "
+                f"PostgreSQL server connections max {figures['max_server_connections']} "
+                f"({figures['samples']} samples)"
+            )
+        print(f"  SIGTERM to exit per replica: {', '.join(f'{s:.1f} s' for s in stops)}")
+        print(f"  nginx error-log lines about an upstream (each retried): {retried}")
+        print(f"  load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+    for name, figures in (("steady", steady), ("rolling restart", restart)):
+        assert figures["failed"] == 0, f"{name}: {figures['failures']}"
+        assert set(figures["statuses"]) == {"200"}, name
+        assert figures["samples"] > 10, name
+        assert 0 < figures["max_server_connections"] <= PGBOUNCER_POOL, name
+    assert all(seconds < GRACEFUL_SECONDS + 5 for seconds in stops)
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """compose's `!reset` (drop what the base file set) as a marker."""
+
+
+_ComposeLoader.add_constructor(
+    "!reset", lambda loader, node: {"!reset": loader.construct_sequence(node)}
+)
+POSTGRESQL = [combo for combo in combinations() if combo.database == "postgresql"]
+
+
+def host_of(url: str) -> str | None:
+    """The host of a compose URL, with its ${VARIABLE...} interpolations filled in."""
+    return urlsplit(re.sub(r"\$\{[^}]*\}", "x", url)).hostname
+
+
+@pytest.mark.parametrize("combo", POSTGRESQL, ids=[combo.id for combo in POSTGRESQL])
+def test_compose_scale_override_runs_the_same_topology(render, combo) -> None:
+    project = render(combo)
+    root = project.project_dir
+    base = yaml.safe_load((root / "compose.yaml").read_text())
+    scale = yaml.load((root / "compose.scale.yaml").read_text(), Loader=_ComposeLoader)  # noqa: S506
+    services = scale["services"]
+    assert set(services) == {"pgbouncer", "app", "balancer"}
+    assert set(services) - {"app"} <= set(services) - set(base["services"])
+
+    pgbouncer = services["pgbouncer"]["environment"]
+    assert pgbouncer["POOL_MODE"] == "transaction"
+    assert host_of(pgbouncer["DATABASE_URL"]) == "db"
+    app = services["app"]
+    assert app["ports"] == {"!reset": []}  # only the balancer publishes a port
+    replicas = app["deploy"]["replicas"]
+    assert replicas >= 2
+    env = app["environment"]
+    assert host_of(env["DATABASE_URL"]) == "pgbouncer"
+    assert env["DATABASE_POOLER"] == "pgbouncer"
+    per_replica = int(env["DATABASE_POOL_SIZE"]) + int(env["DATABASE_MAX_OVERFLOW"])
+    assert replicas * per_replica * int(env["WEB_CONCURRENCY"]) <= int(pgbouncer["MAX_CLIENT_CONN"])
+    # Migrations keep compose.yaml's direct URL: they hold session locks.
+    assert "migrate" not in services
+    migrate = base["services"]["migrate"].get("environment") or base["x-app"]["environment"]
+    assert host_of(migrate["DATABASE_URL"]) == "db"
+
+    balancer = services["balancer"]
+    assert balancer["ports"] == ["8000:80"]
+    [mount] = balancer["volumes"]
+    conf = root / mount.split(":")[0]
+    text = conf.read_text()
+    assert RETRY in text, "compose's nginx retries what the scale-out test retries"
+    assert "server app:8000" in text
+    assert "non_idempotent" not in text
