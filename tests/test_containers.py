@@ -111,12 +111,16 @@ class Builder:
         tag = f"localhost/cfp-test/{project.combo.id}"
         app = f"{tag}:{self.run_id}"
         started = time.perf_counter()
-        run_ok([*BUILD, "-t", app, "."], directory, timeout=1800)
+        # `:cache` stays after the session (the run's tag is removed): it keeps the layers, so the
+        # next run on this machine builds only what changed (removing the last tag of an image
+        # removes its layers, the build cache with them).
+        run_ok([*BUILD, "-t", app, "-t", f"{tag}:cache", "."], directory, timeout=1800)
         migrate = None
         if project.combo.orm == "prisma":
             migrate = f"{tag}-migrate:{self.run_id}"
             with self.migrate_stage:
-                run_ok([*BUILD, "--target", "migrate", "-t", migrate, "."], directory, timeout=1800)
+                tags = ["-t", migrate, "-t", f"{tag}-migrate:cache"]
+                run_ok([*BUILD, "--target", "migrate", *tags, "."], directory, timeout=1800)
         built_in = time.perf_counter() - started
         size = int(run_ok(["podman", "image", "inspect", "--format", "{{.Size}}", app], directory))
         return Images(project, app, migrate, size / 1e6, built_in)
@@ -130,7 +134,7 @@ class Builder:
             if job.done() and not job.cancelled() and job.exception() is None:
                 built = job.result()
                 tags = [built.app, *([built.migrate] if built.migrate else [])]
-                run(["podman", "rmi", "--force", *tags], REPO_ROOT)
+                run(["podman", "rmi", *tags], REPO_ROOT)  # untags: `:cache` keeps the layers
 
 
 @pytest.fixture(scope="session")
