@@ -267,3 +267,21 @@ def synced(render) -> Callable[[Combination], Rendered]:
         return project
 
     return _synced
+
+
+# --------------------------------------------------------------------------- container figures
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Image sizes and build times the container tests recorded (tests/test_containers.py)."""
+    lines = [
+        f"{report.nodeid.rsplit('::', 1)[-1]}: "
+        + ", ".join(f"{key} {value}" for key, value in report.user_properties)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call" and getattr(report, "user_properties", None)
+    ]
+    if lines:
+        terminalreporter.section("container images")
+        for line in lines:
+            terminalreporter.write_line(line)

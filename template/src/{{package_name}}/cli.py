@@ -74,6 +74,10 @@ def serve(
             log_config=None,
             access_log=False,
             log_level=settings.app.log_level.lower(),
+            # A worker that does not answer the supervisor's ping in time is killed and replaced;
+            # uvicorn's 5 s is shorter than a worker's start on a busy or CPU-limited container,
+            # where every worker was killed while still importing, again and again.
+            timeout_worker_healthcheck=30,
         )
     finally:
         if metrics_dir:
