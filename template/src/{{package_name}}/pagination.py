@@ -36,8 +36,12 @@ class CursorPage(BaseModel, Generic[T]):
 
 
 def page_json(*, total: int, params: "OffsetParams", items: bytes) -> bytes:
-    head = f'{{"total":{total:d},"page":{params.page:d},"page_size":{params.page_size:d},"items":'
-    return head.encode() + items + b"}"
+    head = b'{"total":%d,"page":%d,"page_size":%d,"items":' % (
+        total,
+        params.page,
+        params.page_size,
+    )
+    return head + items + b"}"
 
 
 def cursor_page_json(items: bytes, cursor: str | None) -> bytes:

@@ -29,10 +29,15 @@ async def get_dashboard(user_id: RowId, resources: ResourcesDep) -> Dashboard:
         async with queries.open_db(resources) as db:
             return await query(db, user_id)
 
-    async with asyncio.TaskGroup() as group:
-        user = group.create_task(on_own_db(queries.get_user))
-        recent = group.create_task(on_own_db(_recent_projects))
-        stats = group.create_task(on_own_db(queries.user_stats))
+    try:
+        async with asyncio.TaskGroup() as group:
+            user = group.create_task(on_own_db(queries.get_user))
+            recent = group.create_task(on_own_db(_recent_projects))
+            stats = group.create_task(on_own_db(queries.user_stats))
+    except ExceptionGroup as failed:
+        # The group has cancelled the other queries; the first failure is the answer (a pool
+        # timeout or an unreachable database is then the same 503 as on every other route).
+        raise failed.exceptions[0] from None
     found = user.result()
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {user_id} not found")
