@@ -167,9 +167,10 @@ def json_value(column: ColumnElement[Any]) -> ColumnElement[Any]:
     """PostgreSQL: ``column`` as its JSON value: timestamps as Pydantic's text."""
     if not isinstance(column.type, DateTime):
         return column
-    # Pydantic writes ISO 8601, "Z" for UTC, microseconds only when there are some.
+    # Pydantic writes ISO 8601, "Z" for UTC, microseconds only when there are some. A column
+    # without a time zone holds UTC (Prisma's TIMESTAMP(3)): schemas.UtcDatetime says so too.
     local = column.op("AT TIME ZONE")(literal("UTC")) if column.type.timezone else column
-    suffix = "Z" if column.type.timezone else ""
+    suffix = "Z"
     whole_second = func.extract("microseconds", column).cast(Integer) % 1_000_000 == 0
     return (
         func.to_char(local, 'YYYY-MM-DD"T"HH24:MI:SS')
