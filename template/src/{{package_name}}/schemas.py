@@ -16,12 +16,12 @@ RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 PlainText = Annotated[str, Field(pattern=r"^[^\x00]*$")]
 
 
-def _assume_utc(value: datetime) -> datetime:
-    # SQLite (and Prisma's TIMESTAMP columns) hand back naive datetimes that are UTC.
+def assume_utc(value: datetime) -> datetime:
+    """SQLite (and Prisma's TIMESTAMP columns) hand back naive datetimes that are UTC."""
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-UtcDatetime = Annotated[datetime, AfterValidator(_assume_utc)]
+UtcDatetime = Annotated[datetime, AfterValidator(assume_utc)]
 
 
 class ErrorMessage(BaseModel):

@@ -23,6 +23,7 @@ from pydantic_core import to_json
 from sqlalchemy import Select, Text, cast
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ..schemas import assume_utc
 from .json_rows import json_value, row_json
 
 ExportFormat = Literal["ndjson", "csv"]
@@ -121,12 +122,18 @@ async def _copy_out(
             await conn.invalidate()
 
 
+def _json_ready(value: Any) -> Any:
+    return assume_utc(value) if isinstance(value, datetime) else value
+
+
 def _text(value: Any) -> Any:
-    return to_json(value).decode()[1:-1] if isinstance(value, datetime) else value
+    return to_json(assume_utc(value)).decode()[1:-1] if isinstance(value, datetime) else value
 
 
 def _ndjson_chunk(names: list[str], rows: Sequence[Sequence[Any]]) -> bytes:
-    return b"".join(to_json(dict(zip(names, row, strict=True))) + b"\n" for row in rows)
+    return b"".join(
+        to_json(dict(zip(names, map(_json_ready, row), strict=True))) + b"\n" for row in rows
+    )
 
 
 def _csv_chunk(_names: list[str], rows: Sequence[Sequence[Any]]) -> bytes:

@@ -170,12 +170,11 @@ def json_value(column: ColumnElement[Any]) -> ColumnElement[Any]:
     # Pydantic writes ISO 8601, "Z" for UTC, microseconds only when there are some. A column
     # without a time zone holds UTC (Prisma's TIMESTAMP(3)): schemas.UtcDatetime says so too.
     local = column.op("AT TIME ZONE")(literal("UTC")) if column.type.timezone else column
-    suffix = "Z"
     whole_second = func.extract("microseconds", column).cast(Integer) % 1_000_000 == 0
     return (
         func.to_char(local, 'YYYY-MM-DD"T"HH24:MI:SS')
         + case((whole_second, ""), else_=func.to_char(local, ".US"))
-        + suffix
+        + "Z"
     )
 
 
