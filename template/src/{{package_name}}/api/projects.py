@@ -1,10 +1,13 @@
 """Projects: eager-loaded owners, offset and keyset pages, cached reads, invalidating writes,
 and a background recount."""
 
+import logging
+
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response, status
 
 from ..cache import Cache
 from ..db import queries
+from ..db.engine import DatabaseUnavailable
 from ..db.json_rows import json_array
 from ..db.queries import DbDep
 from ..errors import documented, invalid
@@ -21,6 +24,8 @@ from ..pagination import (
     page_json,
 )
 from ..schemas import ProjectCreate, ProjectPublic, ProjectUpdate, RowId, TaskAccepted
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/projects", tags=["projects"], responses=documented(503))
 
@@ -122,9 +127,18 @@ async def delete_project(project_id: ProjectId, db: DbDep, cache: CacheDep) -> N
 
 
 async def recount_items(resources: Resources, project_id: int) -> None:
-    """Runs after the response: recompute the denormalized item_count of a project."""
-    async with queries.open_db(resources) as db:
-        await queries.recount_items(db, project_id)
+    """Runs after the 202: recompute the denormalized item_count of a project. The client has its
+    answer, so a failure is logged here; raised, it would reach the server as an error after the
+    response and cost the client its keep-alive connection."""
+    try:
+        async with queries.open_db(resources) as db:
+            await queries.recount_items(db, project_id)
+    except DatabaseUnavailable:  # the outage itself is logged once, by db/engine.py
+        logger.warning("recount of project %d skipped: the database is unavailable", project_id)
+        return
+    except Exception:
+        logger.exception("recount of project %d failed", project_id)
+        return
     await invalidate_project(resources.cache, project_id)
 
 
