@@ -116,7 +116,7 @@ def pooler(bench: Bench) -> list[Figure]:
         started = [
             bench_servers.start(
                 name,
-                "full_app",
+                f"{__package__}.apps:full_app",
                 {**bench.server_env, **env},
                 bench.log_dir,
                 bench.server_pin,

@@ -14,7 +14,6 @@ from typing import IO
 
 import httpx
 
-APPS_MODULE = f"{__package__}.apps"
 HOST = "127.0.0.1"
 
 
@@ -46,6 +45,7 @@ class Server:
 
 
 def start(name: str, factory: str, env: dict[str, str], log_dir: Path, pin: list[str]) -> Server:
+    """Serve the app that ``factory`` ("module:function") makes, on a free port."""
     port = free_port()
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     command = [
@@ -53,7 +53,7 @@ def start(name: str, factory: str, env: dict[str, str], log_dir: Path, pin: list
         sys.executable,
         "-m",
         "uvicorn",
-        f"{APPS_MODULE}:{factory}",
+        factory,
         "--factory",
         "--host",
         HOST,

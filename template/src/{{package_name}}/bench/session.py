@@ -24,6 +24,7 @@ from .driver import load_generator
 from .report import Report
 from .runner import Bench, BenchConfig, run_figures
 
+APPS = f"{__package__}.apps"
 # name -> app factory in bench/apps.py
 SERVERS = {
     "full": "full_app",
@@ -185,7 +186,9 @@ def run_bench(
         env = _server_env(settings, database, prefix, secret)
         for name, factory in SERVERS.items():
             server_env = {**env, **SERVER_ENV.get(name, {})}
-            running[name] = bench_servers.start(name, factory, server_env, output, server_pin)
+            running[name] = bench_servers.start(
+                name, f"{APPS}:{factory}", server_env, output, server_pin
+            )
         bench_servers.wait_ready(list(running.values()))
         runner = Bench(
             config=config,
