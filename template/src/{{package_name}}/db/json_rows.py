@@ -26,7 +26,6 @@ from sqlalchemy import (
     Select,
     String,
     Text,
-    case,
     cast,
     func,
     literal,
@@ -167,15 +166,13 @@ def json_value(column: ColumnElement[Any]) -> ColumnElement[Any]:
     """PostgreSQL: ``column`` as its JSON value: timestamps as Pydantic's text."""
     if not isinstance(column.type, DateTime):
         return column
-    # Pydantic writes ISO 8601, "Z" for UTC, microseconds only when there are some. A column
-    # without a time zone holds UTC (Prisma's TIMESTAMP(3)): schemas.UtcDatetime says so too.
+    # Pydantic writes ISO 8601, "Z" for UTC, and six digits of microseconds unless they are all
+    # zero. A column without a time zone holds UTC (Prisma's TIMESTAMP(3)): schemas.UtcDatetime
+    # says so too. One to_char and a replace (".000000" can only be the fraction): half the
+    # per-row cost of two to_char calls and a test of the microseconds (measured on an export).
     local = column.op("AT TIME ZONE")(literal("UTC")) if column.type.timezone else column
-    whole_second = func.extract("microseconds", column).cast(Integer) % 1_000_000 == 0
-    return (
-        func.to_char(local, 'YYYY-MM-DD"T"HH24:MI:SS')
-        + case((whole_second, ""), else_=func.to_char(local, ".US"))
-        + "Z"
-    )
+    text = func.to_char(local, 'YYYY-MM-DD"T"HH24:MI:SS.US', type_=String)
+    return func.replace(text, ".000000", "", type_=String) + "Z"
 
 
 class _RowToJson(ColumnElement[str]):
