@@ -7,6 +7,8 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.routing import Match
 
 from .schemas import ErrorMessage
 
@@ -20,6 +22,7 @@ _DESCRIPTIONS = {
     503: "The database is unavailable or busy: retry after Retry-After seconds",
     504: "The upstream timed out",
 }
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _WITHOUT_BODY = {
     206: "Partial content, for a Range request",
     304: "Not modified: If-None-Match matched the ETag",
@@ -63,3 +66,24 @@ async def request_validation_error(_request: Request, exc: Exception) -> Respons
     return Response(
         body.encode("utf-8", errors="replace"), status_code=422, media_type="application/json"
     )
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers at the request's path, asked of the router itself."""
+    # Without FastAPI's per-request routing state, which matching writes to.
+    scope = {key: value for key, value in request.scope.items() if key != "fastapi"}
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+
+
+async def method_not_allowed(request: Request, _exc: Exception) -> Response:
+    """405 whose Allow lists every method of the path: Starlette names only the methods of the
+    first route whose path matched (GET /projects/{id} and PATCH /projects/{id} are two routes)."""
+    allow = ", ".join(allowed_methods(request))
+    return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": allow})

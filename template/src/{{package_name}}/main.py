@@ -1,5 +1,7 @@
 """Application factory: settings in, a fully wired FastAPI app out."""
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -9,12 +11,13 @@ from starlette.middleware.gzip import GZipMiddleware
 from .api import api_router
 from .api.health import router as health_router
 from .db.engine import DatabaseUnavailable
-from .errors import request_validation_error
+from .errors import method_not_allowed, request_validation_error
 from .lifespan import lifespan
 from .logs import configure_logging
 from .metrics import observe_request
 from .metrics import router as metrics_router
 from .middleware import TimingMiddleware
+from .pagination import document_max_page_size
 from .request_log import AccessLogMiddleware
 from .settings import Settings, get_settings
 from .tracing import telemetry_config
@@ -24,10 +27,19 @@ GZIP_MINIMUM_BYTES = 1000
 GZIP_LEVEL = 6
 
 
+class Service(FastAPI):
+    """FastAPI whose OpenAPI also states the limits that come from settings."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            document_max_page_size(super().openapi(), self.state.settings.app.max_page_size)
+        return super().openapi()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.app)
-    app = FastAPI(title=settings.app.name, lifespan=lifespan, telemetry=telemetry_config(settings))
+    app = Service(title=settings.app.name, lifespan=lifespan, telemetry=telemetry_config(settings))
     app.state.settings = settings
     app.include_router(health_router)
     app.include_router(api_router)
@@ -35,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(metrics_router)
 
     app.add_exception_handler(RequestValidationError, request_validation_error)
+    app.add_exception_handler(405, method_not_allowed)
 
     retry_after = str(max(1, round(settings.database.pool_timeout_seconds)))
 

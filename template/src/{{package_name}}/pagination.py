@@ -62,6 +62,24 @@ def _too_large(name: str, value: int, limit: int) -> RequestValidationError:
     )
 
 
+# The page size's upper bound is a setting, unknown when routes are declared: the parameter's
+# schema carries this marker, and document_max_page_size swaps it for the configured maximum.
+_MAX_PAGE_SIZE_MARKER = "x-max-page-size"
+_SIZE: dict[str, Any] = {"json_schema_extra": {_MAX_PAGE_SIZE_MARKER: True}}
+
+
+def document_max_page_size(openapi: dict[str, Any], maximum: int) -> None:
+    """Write ``maximum`` into the OpenAPI schema of every page size parameter, in place."""
+    for path in openapi.get("paths", {}).values():
+        for operation in path.values():
+            for parameter in operation.get("parameters", []):
+                schema = parameter.get("schema", {})
+                if schema.pop(_MAX_PAGE_SIZE_MARKER, False):
+                    for variant in schema.get("anyOf", [schema]):
+                        if variant.get("type") == "integer":
+                            variant["maximum"] = maximum
+
+
 class OffsetParams(BaseModel):
     page: int
     page_size: int
@@ -76,7 +94,7 @@ async def offset_params(
     # No table holds more rows than there are ids: a larger page is empty, and its offset could
     # overflow the database's integer.
     page: Annotated[int, Query(ge=1, le=MAX_ID, description="1-based page number")] = 1,
-    page_size: Annotated[int | None, Query(ge=1, description="Items per page")] = None,
+    page_size: Annotated[int | None, Query(ge=1, description="Items per page", **_SIZE)] = None,
 ) -> OffsetParams:
     # The upper bound comes from settings, so it is checked here rather than in Query(le=...).
     size = settings.app.default_page_size if page_size is None else page_size
@@ -122,7 +140,7 @@ class KeysetParams(BaseModel):
 
 async def keyset_params(
     settings: SettingsDep,
-    limit: Annotated[int | None, Query(ge=1, description="Items per page")] = None,
+    limit: Annotated[int | None, Query(ge=1, description="Items per page", **_SIZE)] = None,
     cursor: Annotated[
         str | None, Query(max_length=512, description="next_cursor of the previous page")
     ] = None,

@@ -23,7 +23,7 @@ async def _recent_projects(db: Db, user_id: int) -> list[ProjectSummary]:
     return await queries.recent_projects(db, user_id, limit=RECENT_PROJECTS)
 
 
-@router.get("/{user_id}", responses=documented(404))
+@router.get("/{user_id:int}", responses=documented(404))
 async def get_dashboard(user_id: RowId, resources: ResourcesDep) -> Dashboard:
     async def on_own_db(query: Callable[[Db, int], Awaitable[T]]) -> T:
         async with queries.open_db(resources) as db:

@@ -85,7 +85,7 @@ def _not_found(project_id: int) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"project {project_id} not found")
 
 
-@router.get("/{project_id}", response_model=ProjectPublic, responses=documented(304, 404))
+@router.get("/{project_id:int}", response_model=ProjectPublic, responses=documented(304, 404))
 async def get_project(project_id: ProjectId, request: Request) -> Response:
     resources = resources_of(request)
     cache = resources.cache
@@ -108,7 +108,7 @@ async def create_project(body: ProjectCreate, db: DbDep, cache: CacheDep) -> Pro
     return project
 
 
-@router.patch("/{project_id}", responses=documented(400, 404))
+@router.patch("/{project_id:int}", responses=documented(400, 404))
 async def update_project(
     project_id: ProjectId, body: ProjectUpdate, db: DbDep, cache: CacheDep
 ) -> ProjectPublic:
@@ -119,7 +119,9 @@ async def update_project(
     return project
 
 
-@router.delete("/{project_id}", status_code=status.HTTP_204_NO_CONTENT, responses=documented(404))
+@router.delete(
+    "/{project_id:int}", status_code=status.HTTP_204_NO_CONTENT, responses=documented(404)
+)
 async def delete_project(project_id: ProjectId, db: DbDep, cache: CacheDep) -> None:
     if not await queries.delete_project(db, project_id):
         raise _not_found(project_id)
@@ -143,7 +145,7 @@ async def recount_items(resources: Resources, project_id: int) -> None:
 
 
 @router.post(
-    "/{project_id}/recount", status_code=status.HTTP_202_ACCEPTED, responses=documented(404)
+    "/{project_id:int}/recount", status_code=status.HTTP_202_ACCEPTED, responses=documented(404)
 )
 async def schedule_recount(
     project_id: ProjectId,

@@ -31,7 +31,7 @@ async def list_users(db: DbDep, params: OffsetDep) -> Page[UserPublic]:
     )
 
 
-@router.get("/{user_id}", responses=documented(404))
+@router.get("/{user_id:int}", responses=documented(404))
 async def get_user(user_id: RowId, db: DbDep) -> UserPublic:
     user = await queries.get_user(db, user_id)
     if user is None:
