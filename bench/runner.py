@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bench_service.bench.driver import LoadGenerator, LoadResult, run_python
+from bench_service.bench.load import Spec
+from bench_service.bench.servers import HOST, Server
+from bench_service.pagination import CursorCodec
+from bench_service.settings import Settings
 from sqlalchemy.engine import make_url
 
-from ..pagination import CursorCodec
-from ..settings import Settings
 from .apps import CEILING_PAGE_PATH, CEILING_PATH, FIFTY_PATH
 from .data import BenchDatabase
-from .driver import LoadGenerator, LoadResult, run_python
-from .load import Spec
 from .report import Figure
-from .servers import HOST, Server
 
 QUERIES = re.compile(r"queries=(\d+)")
 MB = 1024 * 1024
