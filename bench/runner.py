@@ -640,6 +640,12 @@ def pgbouncer(bench: Bench) -> list[Figure]:
     return pooler(bench)
 
 
+def redis_restart(bench: Bench) -> list[Figure]:
+    from .redis_restart import redis_restart  # as for pgbouncer
+
+    return redis_restart(bench)
+
+
 FIGURES: list[tuple[int, str, Callable[[Bench], list[Figure]]]] = [
     (1, "cached project and page vs ceiling, freshness across servers", ceiling),
     (2, "eager vs N+1 page", n_plus_one),
@@ -651,6 +657,7 @@ FIGURES: list[tuple[int, str, Callable[[Bench], list[Figure]]]] = [
     (8, "connection pool", pool),
     (9, "PgBouncer", pgbouncer),
     (10, "uncached reads vs bare route", uncached_reads),
+    (11, "Redis restart", redis_restart),
 ]
 
 
