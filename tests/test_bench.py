@@ -1,18 +1,23 @@
-"""Smoke test of the generated project's benchmark: `<slug> bench --quick` on PostgreSQL + Redis
-produces the table, the JSON and the chart, with a value for every figure, and cleans up."""
+"""The template's own benchmark (bench/, run by scripts/bench): `scripts/bench --quick` renders a
+PostgreSQL + Redis service and produces the table, the JSON and the chart, with a value for every
+figure, and cleans up; the naive twins do the real endpoints' work (bench/tests/test_twins.py, run
+inside a generated service); and none of it ships in a generated service."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+
+import pytest
 
 from conftest import POSTGRES_DEFAULT_URL, REDIS_DEFAULT_URL, project_env, run_ok
-from template_config import Combination, default_combination
+from template_config import REPO_ROOT, Combination, combinations, default_combination
 
 POSTGRES_REDIS = Combination(
     {**default_combination().answers, "database": "postgresql", "cache_backend": "redis"}
 )
-FIGURES = range(1, 11)
+FIGURES = range(1, 12)
 
 # Run inside the generated project: what the bench run left behind on the servers.
 LEFTOVERS = """
@@ -35,22 +40,21 @@ asyncio.run(main(sys.argv[1]))
 """
 
 
-def test_bench_quick_writes_table_json_and_chart(synced, servers, tmp_path) -> None:
-    project = synced(POSTGRES_REDIS)
+def test_scripts_bench_quick_writes_table_json_and_chart(synced, servers, tmp_path) -> None:
+    project = synced(POSTGRES_REDIS)  # for its servers and, below, its asyncpg and redis
     servers.require(project.combo)
     env = project_env(project.combo, CI="true")
     # The bench creates (and drops) its own bench_<id> database on this server.
-    env["DATABASE_URL"] = env.get("TEST_DATABASE_URL", POSTGRES_DEFAULT_URL)
-    env["REDIS_URL"] = env.get("TEST_REDIS_URL", REDIS_DEFAULT_URL)
-    run_ok(["uv", "sync", "--group", "bench"], project.project_dir, env)
-    out = tmp_path / "results"
+    env["BENCH_DATABASE_URL"] = env.get("TEST_DATABASE_URL", POSTGRES_DEFAULT_URL)
+    env["BENCH_REDIS_URL"] = env.get("TEST_REDIS_URL", REDIS_DEFAULT_URL)
+    env["BENCH_OUTPUT"] = str(out := tmp_path / "results")
 
     # 2 s rounds: one N+1 request (52 statements) can outlast a 1 s round on a busy CI machine.
     output = run_ok(
-        ["uv", "run", project.slug, "bench", "--quick", "--duration", "2", "--output", str(out)],
-        project.project_dir,
+        [str(REPO_ROOT / "scripts" / "bench"), "--quick", "--duration", "2"],
+        tmp_path,
         env,
-        timeout=600,
+        timeout=900,
     )
 
     assert re.search(r"^Load generator: (wrk|Python asyncio)", output, re.MULTILINE), output
@@ -67,5 +71,49 @@ def test_bench_quick_writes_table_json_and_chart(synced, servers, tmp_path) -> N
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     run_id = re.search(r"^bench ([0-9a-f]+):", output, re.MULTILINE).group(1)
+    env = project_env(project.combo)
+    env["DATABASE_URL"] = env.get("TEST_DATABASE_URL", POSTGRES_DEFAULT_URL)
+    env["REDIS_URL"] = env.get("TEST_REDIS_URL", REDIS_DEFAULT_URL)
     left = run_ok(["uv", "run", "python", "-c", LEFTOVERS, run_id], project.project_dir, env)
     assert left.split() == ["0", "0"], "the bench database and cache keys are removed"
+
+
+def test_twins_do_the_work_of_the_real_endpoints(synced, servers) -> None:
+    project = synced(POSTGRES_REDIS)
+    servers.require(project.combo)
+    twins = project.project_dir / "tests" / "test_bench_twins.py"
+    shutil.copy(REPO_ROOT / "bench" / "tests" / "test_twins.py", twins)
+    try:
+        env = project_env(project.combo, PYTHONPATH=str(REPO_ROOT))
+        output = run_ok(
+            ["uv", "run", "pytest", "-q", "-p", "no:cacheprovider", str(twins)],
+            project.project_dir,
+            env,
+        )
+    finally:
+        twins.unlink()
+    assert re.search(r"\b\d+ passed\b", output), output
+    assert not re.search(r"\b(failed|skipped|errors?)\b", output), output
+
+
+# What exists only to prove the template's patterns, and so must not be in a service.
+TWIN_MARKERS = ("starlette.middleware.base", "projects-naive", "CEILING_", "/bench/")
+# The service's bench/ is its load-test command: the command, its load generators, its servers
+# and the bare route it compares with.
+SERVICE_BENCH = {"__init__.py", "bare.py", "command.py", "driver.py", "load.py", "servers.py"}
+
+
+@pytest.mark.parametrize("combo", combinations(), ids=lambda combo: combo.id)
+def test_a_generated_service_has_no_twin_code(render, combo: Combination) -> None:
+    project = render(combo)
+    package = project.project_dir / "src" / str(project.answers["package_name"])
+    found = {
+        str(path.relative_to(project.project_dir)): marker
+        for path in project.files
+        if path.suffix == ".py"
+        for marker in TWIN_MARKERS
+        if marker in path.read_text()
+    }
+
+    assert not found, found
+    assert {path.name for path in (package / "bench").iterdir()} - {"__pycache__"} == SERVICE_BENCH

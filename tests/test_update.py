@@ -547,3 +547,104 @@ def test_renaming_the_package_keeps_the_teams_edits(template_repo: Path, tmp_pat
     assert "from renamed_demo." in (project / "tests" / "conftest.py").read_text()
     run_ok(["uv", "lock"], project, project_env(MEMORY))
     run_project_tests(project, MEMORY)
+
+
+# ------------------------------------------------------------------ files the template removed
+
+# The pattern proofs (naive twins, the comparison runner) left the generated service for the
+# template repository's bench/ (hooks/removed_files.json lists them).
+TWIN_FILE = "src/{package_name}/bench/runner.py"
+REMOVED = [
+    f"{SRC}/bench/{name}.py"
+    for name in ("apps", "cache_keys", "data", "pooler", "report", "routes", "runner", "session")
+]
+USER_RUNNER_LINE = "# Our own figure, added by the team.\n"
+
+
+def _last_version_with(path: str) -> str:
+    """The newest commit of this repository whose template still shipped ``path``."""
+    last = git(REPO_ROOT, "rev-list", "-1", "HEAD", "--", path).strip()
+    shipped = subprocess.run(
+        ["git", "cat-file", "-e", f"{last}:{path}"], cwd=REPO_ROOT, check=False
+    )
+    return last if shipped.returncode == 0 else f"{last}^"
+
+
+@pytest.fixture(scope="module")
+def twins_release_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """0.1.0: the last real commit of this repository that shipped the twins; 0.2.0: this
+    working tree (uncommitted edits included)."""
+    repo = tmp_path_factory.mktemp("twins") / "copier-fastapi-perf"
+    repo.mkdir()
+    old = _last_version_with(f"template/{TWIN_FILE.format(package_name='{{package_name}}')}")
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", old], cwd=REPO_ROOT, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(repo)], input=archive, check=True)
+    git(repo, "init", "--quiet")
+    commit(repo, f"release {V1}: {old}")
+    git(repo, "tag", V1)
+    git(repo, "rm", "-r", "--quiet", ".")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():
+            target = repo / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+            target.chmod(source.stat().st_mode)
+    commit(repo, f"release {V2}")
+    git(repo, "tag", V2)
+    return repo
+
+
+def test_update_removes_the_twins_from_a_service_that_did_not_edit_them(
+    twins_release_repo: Path, tmp_path: Path
+) -> None:
+    project = tmp_path / "update-demo"
+    copier_copy(twins_release_repo, project, V1)
+    assert all((project / path).is_file() for path in REMOVED)
+    commit(project, "Generate the service")
+
+    copier_update(project)
+
+    assert recorded_answers(project)["_commit"] == V2
+    assert [path for path in REMOVED if (project / path).exists()] == []
+    assert files_with_markers(project) == set()
+    assert git(project, "diff", "--name-only", "--diff-filter=U") == ""
+    git(project, "add", "--all")
+    run_project_tests(project, MEMORY)
+
+
+def test_update_keeps_an_edited_twin_as_a_conflict(
+    twins_release_repo: Path, tmp_path: Path
+) -> None:
+    project = tmp_path / "update-demo"
+    copier_copy(twins_release_repo, project, V1)
+    commit(project, "Generate the service")
+    runner = project / SRC / "bench" / "runner.py"
+    edited = runner.read_text() + USER_RUNNER_LINE
+    runner.write_text(edited)
+    commit(project, "Our figure")
+
+    output = copier_update(project)
+
+    runner_path = f"{SRC}/bench/runner.py"
+    assert f"{runner_path}: the template no longer ships this file and you had edited it" in output
+    # The team's version on its side, nothing on the template's: keep it, or delete the file.
+    assert conflicts(runner) == [(edited, "")]
+    assert files_with_markers(project) == {runner_path}
+    assert [path for path in REMOVED if (project / path).exists()] == [runner_path]
+
+    # Kept: a second update leaves the team's file alone.
+    resolve(runner, keep="ours")
+    assert runner.read_text() == edited
+    commit(project, "Keep our runner")
+    copier_update(project)
+    assert runner.read_text() == edited
+    assert files_with_markers(project) == set()

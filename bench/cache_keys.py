@@ -1,13 +1,11 @@
-"""Removes the keys one bench run wrote to the cache."""
+"""Removes the keys one bench run wrote to Redis (scripts/bench renders a Redis service)."""
 
-from ..settings import Settings
-{%- if cache_backend == 'redis' %}
+from bench_service.settings import Settings
+from redis.asyncio import Redis
 
 
 async def delete_bench_keys(settings: Settings, prefix: str) -> int:
     """Delete every key under the run's prefix (``bench-<run id>:``); returns how many."""
-    from redis.asyncio import Redis
-
     client = Redis.from_url(settings.redis.url)
     try:
         keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
@@ -16,11 +14,3 @@ async def delete_bench_keys(settings: Settings, prefix: str) -> int:
         return len(keys)
     finally:
         await client.aclose()
-{%- else %}
-
-
-async def delete_bench_keys(settings: Settings, prefix: str) -> int:
-    """The memory cache lives in the bench servers' processes: it is gone when they stop."""
-    del settings, prefix
-    return 0
-{%- endif %}

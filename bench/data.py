@@ -6,13 +6,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_service.db.engine import async_url, create_engine
+from bench_service.db.seed import UNUSABLE_PASSWORD_HASH, seed
+from bench_service.settings import DatabaseSettings
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
-
-from ..db.engine import async_url, create_engine
-from ..db.seed import UNUSABLE_PASSWORD_HASH, seed
-from ..settings import DatabaseSettings
 
 COPY_BATCH = 50_000
 

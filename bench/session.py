@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from bench_service.bench import servers as bench_servers
+from bench_service.bench.driver import load_generator
+from bench_service.db import migrate
+from bench_service.db.engine import create_engine
+from bench_service.settings import DatabaseSettings, Settings, get_settings
 from rich.progress import Progress, TaskID
 from sqlalchemy import text
 
-from ..db import migrate
-from ..db.engine import create_engine
-from ..settings import DatabaseSettings, Settings, get_settings
-from . import servers as bench_servers
 from .cache_keys import delete_bench_keys
 from .data import BenchDatabase, create_database, drop_database, seed_bench
-from .driver import load_generator
 from .report import Report
 from .runner import Bench, BenchConfig, run_figures
 

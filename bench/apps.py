@@ -7,15 +7,15 @@ uvicorn starts them as factories (``--factory``) with settings from the environm
 import logging
 import time
 
+from bench_service.main import create_app
+from bench_service.middleware import TimingMiddleware
+from bench_service.schemas import OwnerPublic
+from bench_service.settings import Settings, get_settings
+from bench_service.timing import RequestTimings, current_timings
 from fastapi import FastAPI, Request, Response
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.types import ASGIApp
 
-from ..main import create_app
-from ..middleware import TimingMiddleware
-from ..schemas import OwnerPublic
-from ..settings import Settings, get_settings
-from ..timing import RequestTimings, current_timings
 from .routes import router as bench_router
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
 
 @dataclass
 class Figure:
-    number: int  # the figure's number in the bench's list (1-10)
+    number: int  # the figure's number in the bench's list (runner.FIGURES)
     name: str
     value: float | None  # None: the measurement failed (``error`` says why)
     unit: str = "x"  # "x" is a ratio (charted); else statements, MB, ms, bytes, errors

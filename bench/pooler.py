@@ -16,9 +16,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench_service.bench import servers as bench_servers
 from sqlalchemy.engine import make_url
 
-from . import servers as bench_servers
 from .report import Figure
 from .runner import Bench, Load
 

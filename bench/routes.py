@@ -4,14 +4,13 @@ Only the apps in ``bench/apps.py`` mount this router; ``create_app`` never does,
 cannot be reached in a deployed service.
 """
 
+from bench_service.db.models import Project, User
+from bench_service.http_cache import json_with_etag
+from bench_service.lifespan import SessionDep
+from bench_service.pagination import OffsetDep, Page
+from bench_service.schemas import OwnerPublic, ProjectPublic
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import func, select
-
-from ..db.models import Project, User
-from ..http_cache import json_with_etag
-from ..lifespan import SessionDep
-from ..pagination import OffsetDep, Page
-from ..schemas import OwnerPublic, ProjectPublic
 
 router = APIRouter(prefix="/bench", tags=["bench"], include_in_schema=False)
 

@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bench_service.bench.driver import LoadGenerator, LoadResult, run_python
+from bench_service.bench.load import Spec
+from bench_service.bench.servers import HOST, Server
+from bench_service.pagination import CursorCodec
+from bench_service.settings import Settings
 from sqlalchemy.engine import make_url
 
-from ..pagination import CursorCodec
-from ..settings import Settings
 from .apps import CEILING_PAGE_PATH, CEILING_PATH, FIFTY_PATH
 from .data import BenchDatabase
-from .driver import LoadGenerator, LoadResult, run_python
-from .load import Spec
 from .report import Figure
-from .servers import HOST, Server
 
 QUERIES = re.compile(r"queries=(\d+)")
 MB = 1024 * 1024
@@ -640,6 +640,12 @@ def pgbouncer(bench: Bench) -> list[Figure]:
     return pooler(bench)
 
 
+def redis_restart(bench: Bench) -> list[Figure]:
+    from .redis_restart import redis_restart  # as for pgbouncer
+
+    return redis_restart(bench)
+
+
 FIGURES: list[tuple[int, str, Callable[[Bench], list[Figure]]]] = [
     (1, "cached project and page vs ceiling, freshness across servers", ceiling),
     (2, "eager vs N+1 page", n_plus_one),
@@ -651,6 +657,7 @@ FIGURES: list[tuple[int, str, Callable[[Bench], list[Figure]]]] = [
     (8, "connection pool", pool),
     (9, "PgBouncer", pgbouncer),
     (10, "uncached reads vs bare route", uncached_reads),
+    (11, "Redis restart", redis_restart),
 ]
 
 
