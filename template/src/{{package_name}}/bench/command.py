@@ -69,6 +69,18 @@ class Figures:
     server_cpu_us_per_request: float | None  # None: the server is not ours to watch (--url)
 
 
+@dataclass(frozen=True)
+class Measured:
+    route: Figures
+    bare: Figures
+    load_generator: str  # which tool ran, its version
+    pinning: str
+
+    @property
+    def ratio_to_bare(self) -> float | None:
+        return self.route.rps / self.bare.rps if self.bare.rps else None
+
+
 def bench(
     method: Annotated[str, typer.Argument(help="GET, POST, PUT, PATCH, DELETE, HEAD or OPTIONS")],
     path: Annotated[str, typer.Argument(help="The route and its query, e.g. /api/v1/projects")],
@@ -118,9 +130,10 @@ def bench(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     if baseline is not None:
-        before = baseline.get("parameters")
-        before = before if isinstance(before, dict) else {}
-        baseline_route = f"{before.get('method')} {before.get('path')}"
+        baseline_parameters = baseline.get("parameters")
+        if not isinstance(baseline_parameters, dict):
+            baseline_parameters = {}
+        baseline_route = f"{baseline_parameters.get('method')} {baseline_parameters.get('path')}"
         if baseline_route != f"{request.method} {request.path}":
             typer.echo(
                 f"warning: the baseline measured {baseline_route},"
@@ -145,19 +158,25 @@ def bench(
         "body_bytes": len(request.body.encode()),
         "load_generator": load_generator,
     }
-    report = {"parameters": parameters, **measured}
-    route = Figures(**report["route"])
-    bare = Figures(**report["bare"])
-    typer.echo(f"load generator: {report['load_generator']}; {report['pinning']}\n")
+    route, bare = measured.route, measured.bare
+    typer.echo(f"load generator: {measured.load_generator}; {measured.pinning}\n")
     typer.echo(
         table(
             [
-                (f"{request.method} {request.path}", route, report["ratio_to_bare"]),
+                (f"{request.method} {request.path}", route, measured.ratio_to_bare),
                 ("bare FastAPI route", bare, 1.0),
             ]
         )
     )
     if json_path is not None:
+        report = {
+            "parameters": parameters,
+            "load_generator": measured.load_generator,
+            "pinning": measured.pinning,
+            "route": asdict(route),
+            "bare": asdict(bare),
+            "ratio_to_bare": measured.ratio_to_bare,
+        }
         try:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps(report, indent=2) + "\n")
@@ -175,7 +194,7 @@ def bench(
             f" and {bare.errors} to the bare route errored (status >= 400 or a transport error)"
         )
         failed = True
-    if compare is not None and baseline is not None:
+    if compare is not None and baseline is not None:  # both or neither
         lines, regressed = compare_with(route, baseline, max_regression)
         typer.echo(f"\ncompared with {compare} (a regression: more than {max_regression:g}%):")
         typer.echo("\n".join(lines))
@@ -292,7 +311,7 @@ def run(
     duration: float,
     warmup: float,
     choice: str,
-) -> dict[str, Any]:
+) -> Measured:
     """Start the servers, sample the statements, measure the route and the bare route."""
     from . import servers
     from .bare import BARE_PATH
@@ -319,32 +338,39 @@ def run(
                 target = Target(host=servers.HOST, port=service.port)
             bare = servers.start("bare", BARE_APP, environment, Path(log_dir), server_pin)
             started.append(bare)
-            servers.wait_ready(started)
-
-            statements = sample_statements(target, request)
-            typer.echo(
-                f"measuring {request.method} {request.path}: {concurrency} connections,"
-                f" {warmup:g} s warm-up, {duration:g} s",
-                err=True,
-            )
-            route = measure(
-                route_load, target.port, request, concurrency, duration, warmup, service
-            )
-            typer.echo("measuring the bare route", err=True)
-            bare_figures = measure(
-                local_load, bare.port, bare_request, concurrency, duration, warmup, bare
-            )
+            servers.wait_ready(started)  # a server that fails to start: its log is in the error
+            try:
+                statements = sample_statements(target, request)
+                typer.echo(
+                    f"measuring {request.method} {request.path}: {concurrency} connections,"
+                    f" {warmup:g} s warm-up, {duration:g} s",
+                    err=True,
+                )
+                route = measure(
+                    route_load, target.port, request, concurrency, duration, warmup, service
+                )
+                typer.echo("measuring the bare route", err=True)
+                bare_figures = measure(
+                    local_load, bare.port, bare_request, concurrency, duration, warmup, bare
+                )
+            except RuntimeError as exc:
+                # The logs are in a temporary directory: a crash under load shows its traceback.
+                raise RuntimeError(f"{exc}{log_tails(started)}") from None
         finally:
             for server in started:
                 servers.stop(server)
-    route = replace(route, statements_per_request=statements)
-    return {
-        "load_generator": route_load.describe(),
-        "pinning": pinning,
-        "route": asdict(route),
-        "bare": asdict(bare_figures),
-        "ratio_to_bare": route.rps / bare_figures.rps if bare_figures.rps else None,
-    }
+    return Measured(
+        route=replace(route, statements_per_request=statements),
+        bare=bare_figures,
+        load_generator=route_load.describe(),
+        pinning=pinning,
+    )
+
+
+def log_tails(started: "list[Server]") -> str:
+    return "".join(
+        f"\n{server.name} server log:\n{tail}" for server in started if (tail := server.log_tail())
+    )
 
 
 def sample_statements(target: Target, request: Request) -> int | None:
