@@ -82,34 +82,46 @@ class Measured:
 
 
 def bench(
-    method: Annotated[str, typer.Argument(help="GET, POST, PUT, PATCH, DELETE, HEAD or OPTIONS")],
-    path: Annotated[str, typer.Argument(help="The route and its query, e.g. /api/v1/projects")],
+    method: Annotated[
+        str, typer.Argument(metavar="METHOD", help="GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS")
+    ],
+    path: Annotated[
+        str, typer.Argument(metavar="PATH", help="The route and its query: /api/v1/projects?page=2")
+    ],
     concurrency: Annotated[int, typer.Option(min=1, help="Keep-alive connections")] = 8,
     duration: Annotated[
         float, typer.Option(min=1, help="Seconds of measured load (wrk: whole seconds)")
     ] = 5.0,
     warmup: Annotated[float, typer.Option(min=0, help="Seconds of load before, not counted")] = 1.0,
     header: Annotated[
-        list[str] | None, typer.Option("--header", "-H", help="'Name: value'; repeatable")
+        list[str] | None,
+        typer.Option("--header", "-H", metavar="'NAME: VALUE'", help="A header; repeatable"),
     ] = None,
     body: Annotated[
         str | None,
-        typer.Option(help="The request body, or @FILE (Content-Type: JSON unless a header says)"),
+        typer.Option(
+            metavar="STRING|@FILE",
+            help="The request body (Content-Type: application/json unless --header sets one)",
+        ),
     ] = None,
     url: Annotated[
-        str | None, typer.Option(help="Measure the service running at http://host:port")
+        str | None,
+        typer.Option(metavar="http://HOST:PORT", help="Measure this running service instead"),
     ] = None,
     json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write the figures and parameters as JSON")
+        Path | None,
+        typer.Option("--json", metavar="OUT.json", help="Write the figures and parameters"),
     ] = None,
     compare: Annotated[
-        Path | None, typer.Option(help="A previous --json file: exit 1 when a figure regressed")
+        Path | None,
+        typer.Option(metavar="BASELINE.json", help="An earlier --json: exit 1 on a regression"),
     ] = None,
     max_regression: Annotated[
-        float, typer.Option(min=0, help="Percent req/s may fall and p99 may rise for --compare")
+        float,
+        typer.Option(metavar="PCT", min=0, help="Percent req/s and p99 may worsen (--compare)"),
     ] = 10.0,
     load_generator: Annotated[
-        str, typer.Option(help="auto (wrk if on PATH), wrk or python")
+        str, typer.Option(metavar="auto|wrk|python", help="auto: wrk when on PATH and it can")
     ] = "auto",
 ) -> None:
     """Load-test one route: req/s, latency, errors, statements and CPU per request.
@@ -376,7 +388,7 @@ def log_tails(started: "list[Server]") -> str:
 def sample_statements(target: Target, request: Request) -> int | None:
     """The statement count of one request, from its ``Server-Timing`` header (``queries=N``).
 
-    It is the first request the route gets here: with a cache, what a miss costs.
+    Without --url it is the first request the server gets: with its cache empty, what a miss costs.
     """
     import httpx
 
