@@ -1,4 +1,4 @@
-"""Command line: serve, migrate, seed."""
+"""Command line: serve, migrate, seed, bench."""
 
 import asyncio
 import os

@@ -5,7 +5,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from .load import Spec
@@ -41,6 +43,8 @@ class LoadGenerator:
         connections: int,
         duration: float,
         headers: dict[str, str] | None = None,
+        method: str = "GET",
+        body: str = "",
     ) -> LoadResult:
         result = run_python(
             self.pin,
@@ -51,6 +55,8 @@ class LoadGenerator:
                 connections=connections,
                 duration=duration,
                 headers=headers or {},
+                method=method,
+                body=body,
             ),
         )
         return LoadResult(
@@ -70,7 +76,8 @@ def run_python(pin: list[str], spec: Spec) -> dict[str, Any]:
     """Run ``bench/load.py`` in its own process and return its JSON result."""
     spec_json = json.dumps(asdict(spec))
     completed = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [*pin, sys.executable, "-m", LOAD_MODULE, spec_json],
+        [*pin, sys.executable, "-m", LOAD_MODULE, "-"],  # the spec on stdin: bodies can be big
+        input=spec_json,
         capture_output=True,
         text=True,
         check=False,
@@ -135,25 +142,43 @@ class Wrk(LoadGenerator):
         connections: int,
         duration: float,
         headers: dict[str, str] | None = None,
+        method: str = "GET",
+        body: str = "",
     ) -> LoadResult:
         url = f"http://{self.host}:{port}{path}"
         header_args = [
             arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")
         ]
         seconds = max(1, round(duration))  # wrk takes whole seconds only
-        command = [
-            *self.pin, self.executable, "-t1", f"-c{connections}", f"-d{seconds}s",
-            "--timeout", "30s", "--latency", *header_args, url,
-        ]  # fmt: skip
-        completed = subprocess.run(  # noqa: S603 - the wrk found on PATH
-            command, capture_output=True, text=True, check=False, timeout=seconds + 120
-        )
+        with tempfile.TemporaryDirectory(prefix="wrk-") as script_dir:
+            script_args = []
+            if method != "GET" or body:
+                script = Path(script_dir) / "request.lua"
+                script.write_text(wrk_request_script(method, body))
+                script_args = ["-s", str(script)]
+            command = [
+                *self.pin, self.executable, "-t1", f"-c{connections}", f"-d{seconds}s",
+                "--timeout", "30s", "--latency", *header_args, *script_args, url,
+            ]  # fmt: skip
+            completed = subprocess.run(  # noqa: S603 - the wrk found on PATH
+                command, capture_output=True, text=True, check=False, timeout=seconds + 120
+            )
         if completed.returncode != 0:
             raise RuntimeError(f"wrk failed: {completed.stderr.strip()[-2000:]}")
         try:
             return parse_wrk(completed.stdout, seconds)
         except (AttributeError, KeyError, ValueError):
             raise RuntimeError(f"unexpected wrk output:\n{completed.stdout}") from None
+
+
+def wrk_request_script(method: str, body: str) -> str:
+    """A wrk Lua script that sends ``method`` with ``body`` (wrk adds its Content-Length)."""
+
+    def lua_string(text: str) -> str:
+        # Every byte as a decimal escape: any body, quotes and newlines included, is a literal.
+        return '"' + "".join(f"\\{byte:03d}" for byte in text.encode()) + '"'
+
+    return f"wrk.method = {lua_string(method)}\nwrk.body = {lua_string(body)}\n"
 
 
 def load_generator(choice: str, host: str, pin: list[str]) -> LoadGenerator:

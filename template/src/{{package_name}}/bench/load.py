@@ -1,6 +1,7 @@
 """A small HTTP/1.1 load generator on raw asyncio streams, run in its own process.
 
-``python -m <package>.bench.load '<json spec>'`` prints one JSON line. Two modes:
+``python -m <package>.bench.load '<json spec>'`` prints one JSON line (``-`` instead of the spec:
+read it from stdin, for bodies too big for an argument). Two modes:
 
 - ``timed``: ``connections`` keep-alive connections send requests back to back for ``warmup`` +
   ``duration`` seconds; responses completed during ``duration`` count.
@@ -33,11 +34,18 @@ class Spec:
     duration: float = 5.0
     warmup: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    method: str = "GET"
+    body: str = ""  # sent UTF-8 encoded, with its Content-Length
 
     def request(self) -> bytes:
-        lines = [f"GET {self.path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+        lines = [f"{self.method} {self.path} HTTP/1.1"]
+        if not any(name.lower() == "host" for name in self.headers):
+            lines.append(f"Host: {self.host}:{self.port}")
         lines += [f"{name}: {value}" for name, value in self.headers.items()]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+        body = self.body.encode()
+        if body:
+            lines.append(f"Content-Length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 @dataclass
@@ -47,7 +55,8 @@ class Response:
     body_bytes: int
 
 
-async def read_response(reader: asyncio.StreamReader) -> Response:
+async def read_response(reader: asyncio.StreamReader, *, head_request: bool = False) -> Response:
+    """One response; after a HEAD request (``head_request``) no body follows its headers."""
     head = await reader.readuntil(b"\r\n\r\n")
     status_line, *header_lines = head[:-4].split(b"\r\n")
     headers = {}
@@ -56,6 +65,8 @@ async def read_response(reader: asyncio.StreamReader) -> Response:
         headers[name.strip().lower()] = value.strip()
     status = int(status_line.split(b" ", 2)[1])
     body_bytes = 0
+    if head_request or status in {204, 304} or status < 200:
+        return Response(status, headers, body_bytes)  # no body, whatever the headers say
     if b"content-length" in headers:
         body_bytes = int(headers[b"content-length"])
         await reader.readexactly(body_bytes)
@@ -83,7 +94,7 @@ async def _timed_worker(spec: Spec, request: bytes, start: float, end: float, ou
         while (sent := time.perf_counter()) < end:
             try:
                 writer.write(request)
-                response = await read_response(reader)
+                response = await read_response(reader, head_request=spec.method == "HEAD")
             except (OSError, asyncio.IncompleteReadError):
                 out.socket_errors += 1
                 writer.close()
@@ -135,7 +146,7 @@ async def run_burst(spec: Spec) -> dict[str, Any]:
 
     async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Response:
         writer.write(request)
-        return await read_response(reader)
+        return await read_response(reader, head_request=spec.method == "HEAD")
 
     try:
         responses = await asyncio.gather(*(one(r, w) for r, w in connections))
@@ -158,7 +169,8 @@ def run(main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> None:
-    spec = Spec(**json.loads(sys.argv[1]))
+    spec_json = sys.stdin.read() if sys.argv[1] == "-" else sys.argv[1]
+    spec = Spec(**json.loads(spec_json))
     result = run(run_burst(spec) if spec.mode == "burst" else run_timed(spec))
     print(json.dumps({"spec": asdict(spec), **result}))
 

@@ -3,6 +3,7 @@
 import contextlib
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,6 +43,20 @@ class Server:
 
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
+
+
+def core_pins() -> tuple[list[str], list[str], str]:
+    """``taskset`` prefixes for the server and the load generator on two different cores, and a
+    sentence saying so (or why they are not pinned)."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cores) < 2 or shutil.which("taskset") is None:
+        return [], [], "not pinned (needs taskset and 2 cores)"
+    server, client = str(cores[0]), str(cores[1])
+    return (
+        ["taskset", "-c", server],
+        ["taskset", "-c", client],
+        f"server on CPU {server}, load generator on CPU {client} (taskset)",
+    )
 
 
 def start(name: str, factory: str, env: dict[str, str], log_dir: Path, pin: list[str]) -> Server:
