@@ -5,7 +5,6 @@ import datetime
 import os
 import platform
 import secrets
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -43,17 +42,12 @@ def _echo(message: str) -> None:
 
 
 def _pins() -> tuple[list[str], list[str], str]:
-    """``taskset`` prefixes for the server and the clients, on two different cores."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(cores) < 2 or shutil.which("taskset") is None:
-        return [], [], "not pinned (needs taskset and 2 cores)"
-    server, client = str(cores[0]), str(cores[1])
-    os.sched_setaffinity(0, {cores[1]})  # this process reads the exports: a client too
-    return (
-        ["taskset", "-c", server],
-        ["taskset", "-c", client],
-        f"server on CPU {server}, load generator and bench on CPU {client} (taskset)",
-    )
+    """The service's own pinning, and this process on the clients' core: it reads the exports."""
+    server, client, description = bench_servers.core_pins()
+    if client:
+        os.sched_setaffinity(0, {int(client[-1])})
+        description = description.replace("load generator", "load generator and bench")
+    return server, client, description
 
 
 async def _seed(database: BenchDatabase, config: BenchConfig) -> str:
