@@ -197,10 +197,8 @@ def _release_next_version(repo: Path) -> None:
     git(repo, "tag", V2)
 
 
-@pytest.fixture(scope="module")
-def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A git repository holding the template, tagged 0.1.0 (this working tree) and 0.2.0."""
-    repo = tmp_path_factory.mktemp("template") / "copier-fastapi-perf"
+def _copy_working_tree(repo: Path) -> None:
+    """This repository's working tree (uncommitted edits included) into ``repo``."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=REPO_ROOT,
@@ -214,6 +212,13 @@ def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(source.read_bytes())
             target.chmod(source.stat().st_mode)
+
+
+@pytest.fixture(scope="module")
+def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git repository holding the template, tagged 0.1.0 (this working tree) and 0.2.0."""
+    repo = tmp_path_factory.mktemp("template") / "copier-fastapi-perf"
+    _copy_working_tree(repo)
     git(repo, "init", "--quiet")
     commit(repo, f"release {V1}")
     git(repo, "tag", V1)
@@ -585,19 +590,7 @@ def twins_release_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     commit(repo, f"release {V1}: {old}")
     git(repo, "tag", V1)
     git(repo, "rm", "-r", "--quiet", ".")
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        source = REPO_ROOT / name
-        if source.is_file():
-            target = repo / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(source.read_bytes())
-            target.chmod(source.stat().st_mode)
+    _copy_working_tree(repo)
     commit(repo, f"release {V2}")
     git(repo, "tag", V2)
     return repo
