@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 from bench_service.bench import servers as bench_servers
+from bench_service.settings import Settings
 
 from .report import Figure
 from .runner import Bench, statements_of
@@ -75,7 +76,7 @@ def _own_redis(log_dir: Path) -> Iterator[_RedisServer]:
 
 
 def redis_restart(bench: Bench) -> list[Figure]:
-    if "REDIS_URL" not in bench.server_env or shutil.which("redis-server") is None:
+    if "redis" not in Settings.model_fields or shutil.which("redis-server") is None:
         bench.log("  n/a: needs the Redis backend and redis-server on PATH")
         return []
     path = f"/api/v1/projects/{bench.config.projects // 2 + 3}"

@@ -57,7 +57,12 @@ def _expression(column: Column) -> ColumnElement[Any]:
 async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A pooled connection in autocommit mode, for read-only work of one statement each."""
     async with engine.connect() as conn:
-        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+        if conn.dialect.name == "sqlite":
+            # The sqlite3 module starts no transaction for a SELECT: it already is autocommit.
+            # Switching would cost two hops to aiosqlite's thread, ~15% of an uncached page.
+            yield conn
+        else:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 class Shape:
