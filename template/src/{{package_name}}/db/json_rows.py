@@ -2,12 +2,10 @@
 autocommit connection.
 
 Declare a ``Shape`` (which column feeds which field of the response model) and a ``JsonRows``
-(the statement: joins, filter, order, limit); ``fetch`` returns one JSON document per row:
-
-- on PostgreSQL the database writes it (``row_to_json``): no ORM objects, no Python row
-  decoding, no validation; the bytes are the ones the response model would serialize
-  (``tests/test_fast_reads.py`` checks it);
-- elsewhere the rows are validated by the response model and serialized by it.
+(the statement: joins, filter, order, limit); ``fetch`` returns one JSON document per row,
+written by the database (PostgreSQL's ``row_to_json``, SQLite's ``json_object``): no ORM
+objects, no Python row decoding, no validation; the bytes are the ones the response model would
+serialize (``tests/test_fast_reads.py`` checks it on both).
 
 Reads run on an autocommit connection (``read_connection``): a single statement needs no
 transaction, so no BEGIN and ROLLBACK round trips around it. The statement is built once per
@@ -19,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
 from sqlalchemy import (
     Boolean,
     DateTime,
@@ -27,6 +25,7 @@ from sqlalchemy import (
     Select,
     String,
     Text,
+    case,
     cast,
     func,
     literal,
@@ -41,8 +40,8 @@ from sqlalchemy.sql.visitors import InternalTraversal
 
 from .engine import fetch_on_driver
 
-# Types whose PostgreSQL JSON text is byte for byte Pydantic's (or made so below). Anything
-# else (floats, decimals, JSON columns) is refused rather than risk different bytes.
+# Types whose JSON text from PostgreSQL and SQLite is byte for byte Pydantic's (or made so
+# below). Anything else (floats, decimals, JSON columns) is refused rather than risk other bytes.
 _SUPPORTED_TYPES = (Integer, String, Boolean, DateTime)
 
 # A table column or a mapped attribute (``Project.id``).
@@ -81,30 +80,15 @@ class Shape:
                 raise TypeError(f"{model.__name__}.{name}: column type {field.type} unsupported")
             self.fields[name] = field
         self.model = model
-        self.adapter = TypeAdapter(model)
-
-    def columns(self) -> list[ColumnElement[Any]]:
-        """Every column, nested shapes flattened, in field order."""
-        flat: list[ColumnElement[Any]] = []
-        for source in self.fields.values():
-            flat += source.columns() if isinstance(source, Shape) else [source]
-        return flat
 
     def json_column(self) -> ColumnElement[str]:
-        """PostgreSQL: the row as the model's JSON, written by the database."""
+        """The row as the model's JSON, written by the database."""
         return row_json(
             {
                 name: source.json_column() if isinstance(source, Shape) else source
                 for name, source in self.fields.items()
             }
         )
-
-    def from_flat(self, values: list[Any]) -> dict[str, Any]:
-        """The nested dict of one flat row (consumed from the front of ``values``)."""
-        return {
-            name: source.from_flat(values) if isinstance(source, Shape) else values.pop(0)
-            for name, source in self.fields.items()
-        }
 
 
 class JsonRow(NamedTuple):
@@ -134,13 +118,10 @@ class JsonRows:
 
     def statement(self, dialect: str) -> Select[Any]:
         if dialect not in self._statements:
-            columns = (
-                # As text: the driver would decode json into dicts.
-                [cast(self.shape.json_column(), Text)]
-                if dialect == "postgresql"
-                else self.shape.columns()
-            )
-            self._statements[dialect] = self._build(select(*columns, *self._keys))
+            row = self.shape.json_column()
+            if dialect == "postgresql":
+                row = cast(row, Text)  # as text: asyncpg would decode json into dicts
+            self._statements[dialect] = self._build(select(row, *self._keys))
         return self._statements[dialect]
 
     async def fetch(self, conn: AsyncConnection, **params: Any) -> list[JsonRow]:
@@ -155,14 +136,7 @@ class JsonRows:
                 for json, *keys in await fetch_on_driver(conn, sql, args)
             ]
         result = await conn.execute(self.statement(conn.dialect.name), params)
-        key_count = len(self._keys)
-        rows: list[JsonRow] = []
-        for row in result:
-            values = list(row)
-            flat = values[: len(values) - key_count]
-            model = self.shape.adapter.validate_python(self.shape.from_flat(flat))
-            rows.append(JsonRow(self.shape.adapter.dump_json(model), tuple(values[len(flat) :])))
-        return rows
+        return [JsonRow(json.encode(), tuple(keys)) for json, *keys in result]
 
     def _driver_sql(self, conn: AsyncConnection) -> tuple[str, tuple[str, ...], dict[str, Any]]:
         """The PostgreSQL statement compiled once, for asyncpg: its SQL ($1, $2, ...), the
@@ -182,27 +156,22 @@ def json_array(rows: list[JsonRow]) -> bytes:
 
 
 def row_json(fields: dict[str, ColumnElement[Any]]) -> ColumnElement[str]:
-    """PostgreSQL: one JSON object of ``fields``, keys in order, values as Pydantic writes
-    them (a nested ``row_json`` is a nested object)."""
+    """One JSON object of ``fields``, keys in order, values as Pydantic writes them (a nested
+    ``row_json`` is a nested object)."""
     return _RowToJson(tuple(fields), tuple(json_value(value) for value in fields.values()))
 
 
 def json_value(column: ColumnElement[Any]) -> ColumnElement[Any]:
-    """PostgreSQL: ``column`` as its JSON value: timestamps as Pydantic's text."""
-    if not isinstance(column.type, DateTime):
-        return column
-    # Pydantic writes ISO 8601, "Z" for UTC, and six digits of microseconds unless they are all
-    # zero. A column without a time zone holds UTC (Prisma's TIMESTAMP(3)): schemas.UtcDatetime
-    # says so too. One to_char and a replace (".000000" can only be the fraction): half the
-    # per-row cost of two to_char calls and a test of the microseconds (measured on an export).
-    local = column.op("AT TIME ZONE")(literal("UTC")) if column.type.timezone else column
-    text = func.to_char(local, 'YYYY-MM-DD"T"HH24:MI:SS.US', type_=String)
-    return func.replace(text, ".000000", "", type_=String) + "Z"
+    """``column`` as Pydantic's JSON value: timestamps as its text, SQLite's 0/1 as booleans."""
+    if isinstance(column.type, DateTime | Boolean):
+        return _JsonValue(column)
+    return column
 
 
 class _RowToJson(ColumnElement[str]):
-    """``(SELECT row_to_json(_r) FROM (SELECT <value> AS <name>, ...) AS _r)``: compact JSON
-    (json_build_object would add spaces) with the keys in the model's order."""
+    """PostgreSQL: ``(SELECT row_to_json(_r) FROM (SELECT <value> AS <name>, ...) AS _r)``,
+    compact JSON (json_build_object would add spaces) with the keys in the model's order.
+    SQLite: ``json_object('<name>', <value>, ...)``, compact and in order too."""
 
     type = String()
     inherit_cache = True
@@ -216,6 +185,19 @@ class _RowToJson(ColumnElement[str]):
         self.values = values
 
 
+class _JsonValue(ColumnElement[Any]):
+    """A timestamp or boolean column as the JSON value Pydantic writes for it, per dialect."""
+
+    inherit_cache = True
+    _traverse_internals = [  # noqa: RUF012 - SQLAlchemy's own declaration style
+        ("column", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, column: ColumnElement[Any]) -> None:
+        self.column = column
+        self.type = String() if isinstance(column.type, DateTime) else column.type
+
+
 @compiles(_RowToJson, "postgresql")
 def _compile_row_to_json(element: _RowToJson, compiler: SQLCompiler, **kw: Any) -> str:
     quote = compiler.preparer.quote
@@ -225,3 +207,41 @@ def _compile_row_to_json(element: _RowToJson, compiler: SQLCompiler, **kw: Any) 
     )
     # Only compiled SQL and quoted identifiers from the Shape go in: values are bound parameters.
     return f"(SELECT row_to_json(_r) FROM (SELECT {fields}) AS _r)"  # noqa: S608
+
+
+@compiles(_RowToJson, "sqlite")
+def _compile_json_object(element: _RowToJson, compiler: SQLCompiler, **kw: Any) -> str:
+    # A nested json_object is an argument itself, not a subquery, so SQLite keeps it JSON.
+    pairs = ", ".join(
+        f"{compiler.render_literal_value(name, String())}, {compiler.process(value, **kw)}"
+        for name, value in zip(element.names, element.values, strict=True)
+    )
+    return f"json_object({pairs})"
+
+
+@compiles(_JsonValue, "postgresql")
+def _compile_postgresql_json_value(element: _JsonValue, compiler: SQLCompiler, **kw: Any) -> str:
+    column = element.column
+    if not isinstance(column.type, DateTime):
+        return compiler.process(column, **kw)  # row_to_json writes booleans as true/false
+    # Pydantic writes ISO 8601, "Z" for UTC, and six digits of microseconds unless they are all
+    # zero. A column without a time zone holds UTC (Prisma's TIMESTAMP(3)): schemas.UtcDatetime
+    # says so too. One to_char and a replace (".000000" can only be the fraction): half the
+    # per-row cost of two to_char calls and a test of the microseconds (measured on an export).
+    local = column.op("AT TIME ZONE")(literal("UTC")) if column.type.timezone else column
+    text = func.to_char(local, 'YYYY-MM-DD"T"HH24:MI:SS.US', type_=String)
+    return compiler.process(func.replace(text, ".000000", "", type_=String) + "Z", **kw)
+
+
+@compiles(_JsonValue, "sqlite")
+def _compile_sqlite_json_value(element: _JsonValue, compiler: SQLCompiler, **kw: Any) -> str:
+    column = element.column
+    if isinstance(column.type, Boolean):
+        # json() of the text: a JSON true/false for json_object, NULL stays null.
+        value = case((column, "true"), (~column, "false"))
+        return compiler.process(func.json(value), **kw)
+    # SQLAlchemy stores a timestamp as "YYYY-MM-DD HH:MM:SS.ffffff" in UTC (CURRENT_TIMESTAMP,
+    # a server default, without the fraction): Pydantic's text is that with "T", "Z" and the
+    # fraction only when it is not all zeros.
+    text = func.replace(func.replace(column, " ", "T", type_=String), ".000000", "", type_=String)
+    return compiler.process(text + "Z", **kw)
