@@ -262,9 +262,7 @@ def n_plus_one(bench: Bench) -> list[Figure]:
             unit="statements",
             target_op="==",
             target=1,
-            detail="one SELECT joining the owners, JSON built by "
-            + ("the database" if bench.database.backend == "postgresql" else "the response model")
-            + "; total cached",
+            detail="one SELECT joining the owners, JSON built by the database; total cached",
         ),
         Figure(
             2,
