@@ -13,7 +13,7 @@ dialect; on PostgreSQL it is compiled once too and each call runs it on asyncpg 
 (``engine.fetch_on_driver``: still timed, logged and turned into a 503 in an outage).
 """
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, NamedTuple
 
@@ -125,18 +125,17 @@ class JsonRows:
         return self._statements[dialect]
 
     async def fetch(self, conn: AsyncConnection, **params: Any) -> list[JsonRow]:
+        rows: Iterable[Sequence[Any]]
         if conn.dialect.name == "postgresql":
             sql, names, fixed = self._driver_sql(conn)
             try:
                 args = [params[name] if name in params else fixed[name] for name in names]
             except KeyError as missing:
                 raise TypeError(f"fetch() needs a value for bindparam {missing}") from None
-            return [
-                JsonRow(json.encode(), tuple(keys))
-                for json, *keys in await fetch_on_driver(conn, sql, args)
-            ]
-        result = await conn.execute(self.statement(conn.dialect.name), params)
-        return [JsonRow(json.encode(), tuple(keys)) for json, *keys in result]
+            rows = await fetch_on_driver(conn, sql, args)
+        else:
+            rows = await conn.execute(self.statement(conn.dialect.name), params)
+        return [JsonRow(json.encode(), tuple(keys)) for json, *keys in rows]
 
     def _driver_sql(self, conn: AsyncConnection) -> tuple[str, tuple[str, ...], dict[str, Any]]:
         """The PostgreSQL statement compiled once, for asyncpg: its SQL ($1, $2, ...), the
