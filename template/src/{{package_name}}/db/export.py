@@ -20,11 +20,11 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic_core import to_json
-from sqlalchemy import Select, Text, cast
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..schemas import assume_utc
-from .json_rows import json_value, row_json
+from .json_rows import json_value
 
 ExportFormat = Literal["ndjson", "csv"]
 
@@ -32,7 +32,11 @@ ExportFormat = Literal["ndjson", "csv"]
 # that JSON text never contains unescaped, so every line comes out verbatim.
 _NDJSON_COPY: dict[str, Any] = {"format": "csv", "quote": "\x01", "delimiter": "\x02"}
 _CSV_COPY: dict[str, Any] = {"format": "csv"}
-# COPY chunks in flight between the database and the client, at most (a chunk is ~64 kB).
+# What goes to the client in one send, at least: asyncpg hands over ~8 kB at a time, and every
+# send costs the middleware stack and uvicorn the same whatever its size (16k sends per 1M rows
+# at 8 kB, 2k at 64 kB).
+_CHUNK_BYTES = 64 * 1024
+# Chunks in flight between the database and the client, at most (about 1 MB).
 _QUEUE_CHUNKS = 16
 
 
@@ -66,17 +70,16 @@ async def export(
 def _copy_statement(
     conn: AsyncConnection, query: Select[Any], export_format: ExportFormat
 ) -> tuple[str, dict[str, Any]]:
-    columns = list(query.selected_columns)
+    rows = query.with_only_columns(
+        *(json_value(c).label(c.name) for c in query.selected_columns), maintain_column_froms=True
+    )
+    options = _CSV_COPY
     if export_format == "ndjson":
-        rows = query.with_only_columns(
-            cast(row_json({c.name: c for c in columns}), Text), maintain_column_froms=True
-        )
+        # row_to_json over the rows as a subquery in FROM: PostgreSQL encodes each row once,
+        # ~20% less server time than a per-row subselect. A subquery with ORDER BY is not
+        # flattened, so the lines come out in its order.
+        rows = select(func.row_to_json(rows.subquery("_r").table_valued()))
         options = _NDJSON_COPY
-    else:
-        rows = query.with_only_columns(
-            *(json_value(c).label(c.name) for c in columns), maintain_column_froms=True
-        )
-        options = _CSV_COPY
     # COPY takes no parameters: the few literals (time zone, formats) are inlined by SQLAlchemy.
     sql = rows.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
     return str(sql), options
@@ -88,9 +91,13 @@ async def _copy_out(
     raw = (await conn.get_raw_connection()).driver_connection
     assert raw is not None
     chunks: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE_CHUNKS)
+    pending = bytearray()  # the driver's pieces (8 kB on average), until a chunk is full
 
     async def relay(data: bytes) -> None:
-        await chunks.put(bytes(data))  # a copy: the driver hands over its own buffer
+        pending.extend(data)  # a copy: the driver hands over its own buffer
+        if len(pending) >= _CHUNK_BYTES:
+            await chunks.put(bytes(pending))
+            pending.clear()
 
     async def copy() -> None:
         try:
@@ -98,6 +105,8 @@ async def _copy_out(
         except Exception:
             await chunks.put(None)  # wake the reader, which re-raises this from the task
             raise
+        if pending:
+            await chunks.put(bytes(pending))
         await chunks.put(None)  # the end; not sent when cancelled: nobody is reading then
 
     # A slow client holds the COPY back (the queue is bounded): the export must not be cut at
