@@ -33,6 +33,21 @@ def full_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def memory_cache_app(settings: Settings | None = None) -> FastAPI:
+    """The service as deployed, but with the memory backend where this render has Redis: figure 1
+    measures both backends' hits side by side (no setting switches a render's backend)."""
+    from bench_service import lifespan
+    from bench_service.cache import Cache, MemoryBackend
+
+    def create_memory_cache(settings: Settings) -> Cache:
+        cache = settings.cache
+        backend = MemoryBackend(max_entries=cache.max_entries, max_bytes=cache.max_bytes)
+        return Cache(backend, prefix=cache.key_prefix, default_ttl=cache.ttl_seconds)
+
+    lifespan.create_cache = create_memory_cache  # this server's process only
+    return full_app(settings)
+
+
 def _without_middleware(settings: Settings | None) -> FastAPI:
     app = full_app(settings)
     # The middleware stack is built on the first request, so clearing the list here removes it.

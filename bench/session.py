@@ -33,8 +33,13 @@ SERVERS = {
     # The service as deployed, with list page 1 cached: figure 1's cached page.
     "cached": "full_app",
 }
+# With Redis, the same service on the memory backend, list pages cached: figure 1 compares hits.
+REDIS_ONLY_SERVERS = {"memory": "memory_cache_app"}
 # Settings of one server that differ from _server_env's.
-SERVER_ENV = {"cached": {"CACHE_CACHED_LIST_PAGES": "1"}}
+SERVER_ENV = {
+    "cached": {"CACHE_CACHED_LIST_PAGES": "1"},
+    "memory": {"CACHE_CACHED_LIST_PAGES": "1"},
+}
 
 
 def _echo(message: str) -> None:
@@ -87,7 +92,9 @@ def _server_env(
         "DATABASE_MAX_OVERFLOW": "0",
         "DATABASE_SLOW_QUERY_MS": "60000",
         "APP_SLOW_REQUEST_MS": "60000",
-        "APP_LOG_LEVEL": "WARNING",
+        # The service's defaults, as deployed: an access log line per request, in JSON.
+        "APP_LOG_LEVEL": "INFO",
+        "APP_LOG_FORMAT": "json",
         "APP_SECRET_KEY": secret,
         "CACHE_KEY_PREFIX": prefix,
         # List pages uncached: the list figures measure the database path, figure 1 the cache.
@@ -178,7 +185,8 @@ def run_bench(
         database_version = asyncio.run(_seed(database, config))
         seed_seconds = time.perf_counter() - seed_started
         env = _server_env(settings, database, prefix, secret)
-        for name, factory in SERVERS.items():
+        servers = SERVERS | (REDIS_ONLY_SERVERS if "redis" in Settings.model_fields else {})
+        for name, factory in servers.items():
             server_env = {**env, **SERVER_ENV.get(name, {})}
             running[name] = bench_servers.start(
                 name, f"{APPS}:{factory}", server_env, output, server_pin

@@ -61,6 +61,8 @@ def test_scripts_bench_quick_writes_table_json_and_chart(synced, servers, tmp_pa
     rows = [line for line in output.splitlines() if re.match(r"^\| \d+ \|", line)]
     assert {int(row.split("|")[1]) for row in rows} == set(FIGURES), output
     assert not [row for row in rows if "no value" in row or "FAIL" in row], output
+    memory_hits = [row for row in rows if "memory backend: cached" in row]
+    assert len(memory_hits) == 2, "a Redis run measures the memory backend's hits beside its own"
     assert "\n".join(rows) in (out / "bench.md").read_text()
 
     report = json.loads((out / "bench.json").read_text())
