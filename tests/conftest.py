@@ -15,11 +15,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from template_config import BASE_ANSWERS, REPO_ROOT, Combination
+from template_config import BASE_ANSWERS, REPO_ROOT, Combination, combinations
 
 # Directories that tools create inside a rendered project; never part of what copier rendered.
 TOOL_DIRS = {".venv", ".git", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 
+COMBINATIONS = combinations()
 POSTGRES_DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_DEFAULT_URL = "redis://127.0.0.1:6379/0"
 START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
@@ -168,14 +169,51 @@ def servers() -> Servers:
 
 # --------------------------------------------------------------------------- rendering
 
-# Cheap tests first: a broken question or template shows up in seconds, not after the installs.
-MODULE_ORDER = ("test_questions.py", "test_render.py", "test_generated.py")
+# The fast tier (`pytest -m "not slow"`) leaves out every test that installs a generated project,
+# talks to a server or runs podman: a test is slow when it asks for one of these fixtures, sits in
+# one of these modules, or carries @pytest.mark.slow itself.
+SLOW_FIXTURES = {"synced", "servers", "podman", "builder", "images"}
+SLOW_MODULES = {"test_containers.py", "test_scale.py", "test_schemathesis.py"}
+
+# pytest-xdist (pyproject.toml) hands each work group to one worker: a combination's tests share
+# its render and `uv sync`, and the container tests share one image builder. Groups go out in
+# collection order, longest first, so the long ones do not start last and leave workers idle.
+CONTAINERS_GROUP = "containers"
+LONGEST_FIRST = ("test_containers.py", "test_scale.py", "test_update.py", "test_schemathesis.py")
 
 
+def work_group(nodeid: str) -> str:
+    """The worker group of a test: the container tests, a combination its parameters name, or
+    the test alone."""
+    if nodeid.startswith("tests/test_containers.py::"):
+        return CONTAINERS_GROUP
+    params = nodeid.partition("[")[2]
+    return next((combo.id for combo in COMBINATIONS if combo.id in params), nodeid)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    # xdist's own `loadgroup` mode cannot be used: with pytest 9.2 its group marks are lost.
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_group(nodeid)
+
+    return ByWorkGroup(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if (
+            SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+            or item.path.name in SLOW_MODULES
+        ):
+            item.add_marker(pytest.mark.slow)
+
     def rank(item: pytest.Item) -> int:
         name = item.path.name
-        return MODULE_ORDER.index(name) if name in MODULE_ORDER else len(MODULE_ORDER)
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: keeps the order inside each module
 

@@ -163,6 +163,7 @@ def test_a_copy_into_a_directory_with_its_own_readme_finishes(tmp_path: Path) ->
 # --------------------------------------------------------------------------- the service's own
 
 
+@pytest.mark.slow  # installs the service and runs its tests
 def test_a_revision_of_the_services_own_keeps_its_tests_passing(tmp_path: Path) -> None:
     """The team adds an Alembic revision on top of the template's: the generated tests check the
     database is at head, never a revision id."""

@@ -92,7 +92,9 @@ def test_dockerfile_shape(project) -> None:
     python = project.answers["python_version"]
     assert build.image == runtime.image == f"python:{python}-slim"
     runs = instructions(build, "RUN")
-    assert runs[-1] == "uv sync --frozen --no-dev --no-editable"
+    # Downloads come from a cache mount shared by every build on the machine.
+    uv_cache = "--mount=type=cache,target=/root/.cache/uv"
+    assert runs[-1] == f"{uv_cache} uv sync --frozen --no-dev --no-editable"
     assert "uv.lock" in " ".join(instructions(build, "COPY"))
     if prisma:
         # The client is generated from the schema before the project is installed, with the
@@ -102,7 +104,7 @@ def test_dockerfile_shape(project) -> None:
         assert "prisma ./prisma" in instructions(build, "COPY")
         migrate = stages[1]
         assert migrate.image == "node:20-slim"
-        assert "npm ci" in instructions(migrate, "RUN")
+        assert "--mount=type=cache,target=/root/.npm npm ci" in instructions(migrate, "RUN")
         assert _exec_form(instructions(migrate, "CMD")[0]) == PRISMA_MIGRATE
         # Non-root, the uid that owns /app/var in the runtime image (the SQLite file's volume).
         assert instructions(migrate, "USER") == ["10001:10001"]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import keyword
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import copier
 import pytest
 
-from template_config import BASE_ANSWERS, REPO_ROOT, questions
+from template_config import BASE_ANSWERS, REPO_ROOT, choice_values, questions
 
 
 def answers_for(tmp_path: Path, **data: Any) -> dict[str, Any]:
@@ -128,3 +129,35 @@ def test_a_name_without_ascii_letters_says_what_to_type(tmp_path: Path) -> None:
 
     answers = answers_for(tmp_path, project_name="日本語", project_slug="nihongo")
     assert (answers["project_slug"], answers["package_name"]) == ("nihongo", "nihongo")
+
+
+@pytest.mark.parametrize("question", ["orm", "database", "cache_backend", "python_version"])
+def test_a_choice_question_refuses_a_value_it_does_not_offer(tmp_path: Path, question: str) -> None:
+    offered = choice_values(question)
+    with pytest.raises(ValueError, match=f"'{question}': 'cobol' is not in") as excinfo:
+        answers_for(tmp_path, **{question: "cobol"})
+    assert all(repr(value) in str(excinfo.value) for value in offered), "the message lists them"
+
+
+@pytest.mark.parametrize("version", choice_values("python_version"))
+def test_python_version_reaches_every_file_that_names_one(tmp_path: Path, version: str) -> None:
+    """The minimum Python is one answer: packaging, ruff, mypy, the image and CI all follow it."""
+    project = tmp_path / "project"
+    copier.run_copy(
+        str(REPO_ROOT),
+        project,
+        data={**BASE_ANSWERS, "python_version": version},
+        defaults=True,
+        unsafe=True,
+        vcs_ref="HEAD",
+        skip_tasks=True,
+        quiet=True,
+    )
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["project"]["requires-python"] == f">={version}"
+    assert pyproject["tool"]["ruff"]["target-version"] == "py" + version.replace(".", "")
+    assert pyproject["tool"]["mypy"]["python_version"] == version
+    dockerfile = (project / "Dockerfile").read_text(encoding="utf-8")
+    assert dockerfile.count(f"FROM python:{version}-slim AS ") == 2
+    workflow = (project / ".github" / "workflows" / "ci.yml").read_text(encoding="utf-8")
+    assert f'python-version: "{version}"' in workflow

@@ -398,6 +398,7 @@ def _add_widgets_endpoint(project: Path) -> None:
     (project / "tests" / "test_widgets.py").write_text(WIDGETS_TEST)
 
 
+@pytest.mark.slow  # runs the updated service's test suite
 def test_update_to_the_next_version_keeps_every_user_edit(
     template_repo: Path, tmp_path: Path
 ) -> None:
@@ -519,6 +520,7 @@ def test_switching_the_cache_backend_and_back(template_repo: Path, tmp_path: Pat
     assert git(project, "ls-files", "--others", "--exclude-standard") == ""
 
 
+@pytest.mark.slow  # runs the updated service's test suite
 def test_renaming_the_package_keeps_the_teams_edits(template_repo: Path, tmp_path: Path) -> None:
     """`copier update -d package_name=...` from 0.1.0: src/<old> moves to src/<new> with the
     team's files and edits, instead of being deleted."""
@@ -596,6 +598,7 @@ def twins_release_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
+@pytest.mark.slow  # runs the updated service's test suite
 def test_update_removes_the_twins_from_a_service_that_did_not_edit_them(
     twins_release_repo: Path, tmp_path: Path
 ) -> None:
