@@ -160,6 +160,32 @@ def test_a_copy_into_a_directory_with_its_own_readme_finishes(tmp_path: Path) ->
         assert (destination / path).exists(), f"{path} missing after the copy:\n{result.stdout}"
 
 
+# --------------------------------------------------------------------------- next steps
+
+
+@pytest.mark.parametrize("orm", ["sqlalchemy", "prisma"])
+def test_a_copy_ends_with_the_commands_that_run_the_service(tmp_path: Path, orm: str) -> None:
+    """The copy prints what to run next (indented under "Next steps:"); run in order, up to
+    `serve`, they install the service and migrate its database."""
+    project = tmp_path / "next-steps"
+    result = copier_copy(project, project_name="Next Steps", orm=orm)
+    assert result.returncode == 0, result.stdout
+
+    after = result.stdout.split("Next steps:", 1)[-1].splitlines()
+    shown = [line.strip() for line in after if line.startswith("    ") and line.strip()]
+    install = ["npm ci", "uv sync"] if orm == "prisma" else ["uv sync"]
+    assert shown == [
+        f"cd {project}",
+        *install,
+        "uv run next-steps db upgrade",
+        "uv run next-steps serve",
+    ], result.stdout
+    env = project_env(Combination({**DEFAULT.answers, "orm": orm}))
+    for command in shown[1:-1]:
+        run_ok(command.split(), project, env)
+    assert "database at head" in run_ok(["uv", "run", "next-steps", "db", "upgrade"], project, env)
+
+
 # --------------------------------------------------------------------------- the service's own
 
 
