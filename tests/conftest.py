@@ -233,6 +233,8 @@ class Rendered:
     answers: dict[str, object]
     # Files as copier left them (tasks included), before any test ran a tool in the project.
     files: list[Path] = field(repr=False)
+    # Directories copier left empty (their files all belong to other answers), likewise.
+    empty_dirs: list[Path] = field(repr=False, default_factory=list)
     # None until `uv sync` ran; then "" when it succeeded, else the failure message.
     sync_error: str | None = None
 
@@ -246,6 +248,16 @@ def rendered_files(project_dir: Path) -> list[Path]:
         path
         for path in project_dir.rglob("*")
         if path.is_file() and not TOOL_DIRS.intersection(path.relative_to(project_dir).parts)
+    )
+
+
+def empty_dirs(project_dir: Path) -> list[Path]:
+    return sorted(
+        path
+        for path in project_dir.rglob("*")
+        if path.is_dir()
+        and not any(path.iterdir())
+        and not TOOL_DIRS.intersection(path.relative_to(project_dir).parts)
     )
 
 
@@ -271,6 +283,7 @@ def render(copie_session) -> Callable[[Combination], Rendered]:
                     project_dir=result.project_dir,
                     answers=result.answers,
                     files=rendered_files(result.project_dir),
+                    empty_dirs=empty_dirs(result.project_dir),
                 )
         project = cache[combo]
         if isinstance(project, str):

@@ -160,13 +160,40 @@ def test_a_copy_into_a_directory_with_its_own_readme_finishes(tmp_path: Path) ->
         assert (destination / path).exists(), f"{path} missing after the copy:\n{result.stdout}"
 
 
+# --------------------------------------------------------------------------- next steps
+
+
+@pytest.mark.parametrize("orm", ["sqlalchemy", "prisma"])
+def test_a_copy_ends_with_the_commands_that_run_the_service(tmp_path: Path, orm: str) -> None:
+    """The copy prints what to run next (indented under "Next steps:"); run in order, up to
+    `serve`, they install the service and migrate its database."""
+    project = tmp_path / "next-steps"
+    result = copier_copy(project, project_name="Next Steps", orm=orm)
+    assert result.returncode == 0, result.stdout
+
+    after = result.stdout.split("Next steps:", 1)[-1].splitlines()
+    shown = [line.strip() for line in after if line.startswith("    ") and line.strip()]
+    install = ["npm ci", "uv sync"] if orm == "prisma" else ["uv sync"]
+    assert shown == [
+        f"cd {project}",
+        *install,
+        "uv run next-steps db upgrade",
+        "uv run next-steps serve",
+    ], result.stdout
+    env = project_env(Combination({**DEFAULT.answers, "orm": orm}))
+    for command in shown[1:-1]:
+        run_ok(command.split(), project, env)
+    assert "database at head" in run_ok(["uv", "run", "next-steps", "db", "upgrade"], project, env)
+
+
 # --------------------------------------------------------------------------- the service's own
 
 
 @pytest.mark.slow  # installs the service and runs its tests
 def test_a_revision_of_the_services_own_keeps_its_tests_passing(tmp_path: Path) -> None:
     """The team adds an Alembic revision on top of the template's: the generated tests check the
-    database is at head, never a revision id."""
+    database is at head, never a revision id, and the file Alembic writes passes the project's
+    lint as it is (alembic.ini's post-write hooks format it)."""
     project = tmp_path / "own-revision"
     result = copier_copy(project, project_name="Own Revision")
     assert result.returncode == 0, result.stdout
@@ -180,11 +207,12 @@ def test_a_revision_of_the_services_own_keeps_its_tests_passing(tmp_path: Path) 
     # A data migration: Alembic's stub with a statement each way.
     body = revision.read_text().replace("    pass", '    op.execute(sa.text("SELECT 1"))', 2)
     revision.write_text(body)
-    run_ok(["uv", "run", "ruff", "format", str(revision)], project, env)
     heads = run_ok(["uv", "run", "alembic", "heads"], project, env)
     assert heads.split()[0] == "team1", heads
 
     run_ok(["uv", "run", "ruff", "check", "."], project, env)
+    run_ok(["uv", "run", "ruff", "format", "--check", "."], project, env)
+    run_ok(["uv", "run", "mypy"], project, env)
     run_ok(
         ["uv", "run", "pytest", "-q", "tests/test_cli.py", "tests/test_migrations.py"], project, env
     )

@@ -45,6 +45,12 @@ def test_no_jinja_leftovers(project) -> None:
     assert problems == [], "Jinja leftovers:\n" + "\n".join(problems)
 
 
+def test_no_empty_directories(project) -> None:
+    """A directory whose files all belong to other answers is not rendered (deploy/ on SQLite)."""
+    empty = [str(path.relative_to(project.project_dir)) for path in project.empty_dirs]
+    assert empty == [], f"empty directories: {empty}"
+
+
 def test_answers_file_has_every_question(project) -> None:
     recorded = yaml.safe_load((project.project_dir / ".copier-answers.yml").read_text())
     assert recorded.get("_src_path"), recorded

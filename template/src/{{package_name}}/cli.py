@@ -1,4 +1,4 @@
-"""Command line: serve, migrate, seed, bench."""
+"""Command line: serve, db upgrade and downgrade, seed, bench."""
 
 import asyncio
 import os

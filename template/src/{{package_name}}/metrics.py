@@ -1,7 +1,7 @@
 """Prometheus metrics: requests by route template, database pool use, cache hits and misses.
 
 Labels stay bounded: routes are templates (``/api/v1/projects/{project_id}``, ``unmatched`` for
-404s), methods outside the standard set count as ``other``.
+paths no route matched), methods outside the standard set count as ``other``.
 
 With several worker processes (``serve --workers N``) every process writes its values to files
 in ``PROMETHEUS_MULTIPROC_DIR`` and ``GET /metrics`` adds them up, whichever worker answers. The

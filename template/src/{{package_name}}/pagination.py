@@ -80,6 +80,38 @@ def document_max_page_size(openapi: dict[str, Any], maximum: int) -> None:
                             variant["maximum"] = maximum
 
 
+async def page_size(
+    settings: SettingsDep,
+    page_size: Annotated[int | None, Query(ge=1, description="Items per page", **_SIZE)] = None,
+    # page_size's other name (cursor pages called it limit): accepted on every page, documented
+    # as page_size only.
+    limit: Annotated[int | None, Query(ge=1, include_in_schema=False)] = None,
+) -> int:
+    """Items per page, from page_size or limit (the same value when both are given)."""
+    if page_size is not None and limit is not None and page_size != limit:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "limit"),
+                    "msg": "Value error, limit is another name for page_size: give one of them",
+                    "input": limit,
+                    "ctx": {"error": "limit and page_size differ"},
+                }
+            ]
+        )
+    name, size = ("limit", limit) if page_size is None else ("page_size", page_size)
+    if size is None:
+        return settings.app.default_page_size
+    # The upper bound comes from settings, so it is checked here rather than in Query(le=...).
+    if size > settings.app.max_page_size:
+        raise _too_large(name, size, settings.app.max_page_size)
+    return size
+
+
+PageSizeDep = Annotated[int, Depends(page_size)]
+
+
 class OffsetParams(BaseModel):
     page: int
     page_size: int
@@ -90,16 +122,11 @@ class OffsetParams(BaseModel):
 
 
 async def offset_params(
-    settings: SettingsDep,
+    size: PageSizeDep,
     # No table holds more rows than there are ids: a larger page is empty, and its offset could
     # overflow the database's integer.
     page: Annotated[int, Query(ge=1, le=MAX_ID, description="1-based page number")] = 1,
-    page_size: Annotated[int | None, Query(ge=1, description="Items per page", **_SIZE)] = None,
 ) -> OffsetParams:
-    # The upper bound comes from settings, so it is checked here rather than in Query(le=...).
-    size = settings.app.default_page_size if page_size is None else page_size
-    if size > settings.app.max_page_size:
-        raise _too_large("page_size", size, settings.app.max_page_size)
     return OffsetParams(page=page, page_size=size)
 
 
@@ -140,14 +167,11 @@ class KeysetParams(BaseModel):
 
 async def keyset_params(
     settings: SettingsDep,
-    limit: Annotated[int | None, Query(ge=1, description="Items per page", **_SIZE)] = None,
+    size: PageSizeDep,
     cursor: Annotated[
         str | None, Query(max_length=512, description="next_cursor of the previous page")
     ] = None,
 ) -> KeysetParams:
-    size = settings.app.default_page_size if limit is None else limit
-    if size > settings.app.max_page_size:
-        raise _too_large("limit", size, settings.app.max_page_size)
     after_id = None
     if cursor is not None:
         codec = CursorCodec(settings.app.secret_key.get_secret_value().encode())

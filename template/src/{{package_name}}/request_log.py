@@ -10,6 +10,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from urllib.parse import quote
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,6 +22,12 @@ REQUEST_ID_HEADER = "X-Request-ID"
 VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 access_logger = logging.getLogger(f"{__package__}.access")
+
+# An unmatched request's path is logged as sent, cut to this many characters: enough to see what
+# a client asked for, bounded whatever it sent.
+LOGGED_PATH_CHARS = 200
+# FastAPI's own pages, plain Starlette routes that leave no route in the scope.
+DOCS_URL_ATTRIBUTES = ("openapi_url", "docs_url", "redoc_url", "swagger_ui_oauth2_redirect_url")
 
 # Called once per request with method, route template, status and seconds (the metrics).
 RequestObserver = Callable[[str, str, int, float], None]
@@ -42,7 +49,22 @@ def route_template(scope: Scope) -> str:
     ):
         if isinstance(candidate, str) and candidate:
             return candidate
+    # Their paths have no parameters: each path is its own template.
+    app = scope.get("app")
+    if scope.get("endpoint") is not None and scope["path"] in {
+        getattr(app, name, None) for name in DOCS_URL_ATTRIBUTES
+    }:
+        return str(scope["path"])
     return "unmatched"
+
+
+def unmatched_path(scope: Scope) -> str:
+    """The path as the client sent it, without the query string, bounded and printable:
+    percent-encoded as on the wire (bytes outside printable ASCII as %XX), at most
+    ``LOGGED_PATH_CHARS`` characters, then ``...``."""
+    raw = scope.get("raw_path") or scope["path"].encode()
+    path = quote(raw, safe="/%:@!$&'()*+,;=~")
+    return path if len(path) <= LOGGED_PATH_CHARS else path[:LOGGED_PATH_CHARS] + "..."
 
 
 def incoming_request_id(scope: Scope) -> str | None:
@@ -90,19 +112,19 @@ class AccessLogMiddleware:
             route = route_template(scope)
             if self.observe is not None:
                 self.observe(scope["method"], route, status, seconds)
+            facts: dict[str, object] = {"method": scope["method"], "route": route}
+            shown = route
+            if route == "unmatched":
+                facts["path"] = unmatched_path(scope)
+                shown = f"unmatched {facts['path']}"
             access_logger.log(
                 logging.INFO if error is None else logging.ERROR,
                 "%s %s %d %.1f ms",
                 scope["method"],
-                route,
+                shown,
                 status,
                 duration_ms,
-                extra={
-                    "method": scope["method"],
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(duration_ms, 2),
-                },
+                extra={**facts, "status": status, "duration_ms": round(duration_ms, 2)},
                 # An unhandled error's traceback goes on the line that carries the request id.
                 exc_info=error,
             )
