@@ -1,5 +1,7 @@
 """One error shape: ``{"detail": "..."}`` (ErrorMessage) for every error but 422, whose
-``detail`` is a list of ValidationError. Every status a route answers is documented with it."""
+``detail`` is a list of ValidationError. Every status a route answers is documented with it;
+what no route answers in that shape is made so on its way out (request_log.py for unhandled
+errors, middleware.py for Starlette's own plain-text answers)."""
 
 import json
 from collections.abc import Sequence
@@ -38,6 +40,13 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
         else:
             responses[status] = {"model": ErrorMessage, "description": _DESCRIPTIONS[status]}
     return responses
+
+
+def internal_error(request_id: str) -> Response:
+    """The answer to an unhandled error: the error shape and the request id to quote, nothing of
+    the exception (its text may name hosts, users, SQL)."""
+    detail = f"internal server error: quote request id {request_id} when reporting it"
+    return JSONResponse({"detail": detail}, status_code=500)
 
 
 def invalid(loc: Sequence[str | int], message: str) -> RequestValidationError:

@@ -16,7 +16,7 @@ from .lifespan import lifespan
 from .logs import configure_logging
 from .metrics import observe_request
 from .metrics import router as metrics_router
-from .middleware import TimingMiddleware
+from .middleware import JsonErrorsMiddleware, TimingMiddleware
 from .pagination import document_max_page_size
 from .request_log import AccessLogMiddleware
 from .settings import Settings, get_settings
@@ -66,7 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Logged once per outage by db/engine.py; a handled answer keeps the connection alive.
         return retry_shortly("database is unavailable, retry shortly")
 
-    # Last added runs first: timing wraps compression, so X-Process-Time includes it.
+    # Last added runs first: timing wraps compression, so X-Process-Time includes it. Errors
+    # become JSON innermost, before compression sees them.
+    app.add_middleware(JsonErrorsMiddleware)
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=GZIP_LEVEL)
     app.add_middleware(TimingMiddleware, slow_request_ms=settings.app.slow_request_ms)
     # Outermost: the request id is set before any other middleware logs.

@@ -15,6 +15,7 @@ from urllib.parse import quote
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import internal_error
 from .logs import current_request_id
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -92,11 +93,13 @@ class AccessLogMiddleware:
         token = current_request_id.set(request_id)
         start = time.perf_counter()
         status = 500
+        started = False
 
         async def send_with_request_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started = True
                 MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
             await send(message)
 
@@ -105,7 +108,11 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send_with_request_id)
         except Exception as exc:
             error = exc
-            raise
+            if started:
+                raise  # too late for an answer: the server cuts the connection
+            # Answered here, in the API's error shape and with the request id, and logged once
+            # below: passed on, it would be Starlette's text/plain 500 and a second traceback.
+            await internal_error(request_id)(scope, receive, send_with_request_id)
         finally:
             seconds = time.perf_counter() - start
             duration_ms = seconds * 1000
