@@ -163,6 +163,7 @@ def test_a_copy_into_a_directory_with_its_own_readme_finishes(tmp_path: Path) ->
 # --------------------------------------------------------------------------- next steps
 
 
+@pytest.mark.slow  # installs the service (npm ci, uv sync)
 @pytest.mark.parametrize("orm", ["sqlalchemy", "prisma"])
 def test_a_copy_ends_with_the_commands_that_run_the_service(tmp_path: Path, orm: str) -> None:
     """The copy prints what to run next (indented under "Next steps:"); run in order, up to
