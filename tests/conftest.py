@@ -177,9 +177,11 @@ SLOW_MODULES = {"test_containers.py", "test_scale.py", "test_schemathesis.py"}
 
 # pytest-xdist (pyproject.toml) hands each work group to one worker: a combination's tests share
 # its render and `uv sync`, and the container tests share one image builder. Groups go out in
-# collection order, longest first, so the long ones do not start last and leave workers idle.
+# collection order, so the longest go first and none starts last while the other workers idle:
+# the container tests, then the PostgreSQL combinations, the update tests (each runs a generated
+# suite), the SQLite combinations, then the rest. Prisma's suites are the longer ones.
 CONTAINERS_GROUP = "containers"
-LONGEST_FIRST = ("test_containers.py", "test_scale.py", "test_update.py", "test_schemathesis.py")
+MODULE_COST_RANK = {"test_update.py": 2, "test_scale.py": 4, "test_schemathesis.py": 4}
 
 
 def work_group(nodeid: str) -> str:
@@ -211,11 +213,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         ):
             item.add_marker(pytest.mark.slow)
 
-    def rank(item: pytest.Item) -> int:
-        name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    def rank(item: pytest.Item) -> tuple[int, bool]:
+        group = work_group(item.nodeid)
+        if group == CONTAINERS_GROUP:
+            return (0, False)
+        combo = next((combo for combo in COMBINATIONS if combo.id == group), None)
+        if combo is None:
+            return (MODULE_COST_RANK.get(item.path.name, 5), False)
+        return (1 if combo.database == "postgresql" else 3, combo.orm != "prisma")
 
-    items.sort(key=rank)  # stable: keeps the order inside each module
+    items.sort(key=rank)  # stable: keeps the order inside each rank
 
 
 def pytest_configure(config: pytest.Config) -> None:
