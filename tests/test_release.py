@@ -38,9 +38,9 @@ def git(repo: Path, *args: str) -> str:
     ).stdout
 
 
-def release(repo: Path, version: str) -> subprocess.CompletedProcess[str]:
+def release(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(RELEASE), version], cwd=repo, capture_output=True, text=True, timeout=60, check=False
+        [str(RELEASE), *args], cwd=repo, capture_output=True, text=True, timeout=60, check=False
     )
 
 
@@ -92,3 +92,19 @@ def test_refuses_an_existing_tag_and_a_dirty_tree(repo: Path) -> None:
     assert dirty.returncode == 1
     assert "uncommitted" in dirty.stderr
     assert git(repo, "tag", "-l").split() == ["0.1.0"]
+
+
+def test_a_version_whose_entry_names_its_commit_is_tagged_there_only(repo: Path) -> None:
+    first = git(repo, "rev-parse", "HEAD").strip()
+    named = CHANGELOG.replace("Initial release.", f"Initial release: commit `{first[:7]}`.")
+    (repo / "CHANGELOG.md").write_text(named, encoding="utf-8")
+    git(repo, "commit", "-q", "-am", "CHANGELOG: the commit of 0.1.0")
+
+    at_head = release(repo, "0.1.0")
+    assert at_head.returncode == 1
+    assert f"scripts/release 0.1.0 {first[:7]}" in at_head.stderr
+    assert git(repo, "tag", "-l") == ""
+
+    at_named = release(repo, "0.1.0", first[:7])
+    assert at_named.returncode == 0, at_named.stderr
+    assert git(repo, "rev-parse", "0.1.0^{commit}").strip() == first
