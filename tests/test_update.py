@@ -4,7 +4,7 @@ committed edits, with no template change, and to switch an answer and back.
 The template is released into a temporary git repository: 0.1.0 is this working tree (uncommitted
 edits included) and 0.2.0 a realistic next version built by `_release_next_version`, so the tests
 never depend on this repository's own tags. Copier runs from this environment's Python, with
---trust, exactly as README.md tells users to run it.
+--trust, exactly as docs/updating.md tells users to run it.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def copier_copy(template: Path, project: Path, ref: str, **data: str) -> None:
 
 
 def copier_update(project: Path, **data: str) -> str:
-    """The command README.md documents: the latest tag, every recorded answer kept."""
+    """The command docs/updating.md documents: the latest tag, every recorded answer kept."""
     answers = [arg for item in data.items() for arg in ("-d", "=".join(item))]
     return run_ok([*COPIER, "update", "--trust", "--defaults", *answers], project, _env())
 
@@ -462,8 +462,8 @@ def test_update_to_the_next_version_keeps_every_user_edit(
     assert conflicts(project / middleware) == [(USER_MIDDLEWARE_LINE, V2_MIDDLEWARE_LINE)]
     assert conflicts(project / responses) == [("\n" + USER_STREAMING_LINE, "")]
 
-    # Resolve them as README.md says (here: the template's line, and the team's addition), then
-    # run the project's own tests.
+    # Resolve them as docs/updating.md says (here: the template's line, and the team's
+    # addition), then run the project's own tests.
     resolve(project / middleware, keep="theirs")
     resolve(project / responses, keep="ours")
     git(project, "add", middleware, responses)
