@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import tempfile
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,6 +19,10 @@ from .db.seed import seed as seed_database
 from .logs import configure_logging
 from .server import HeaderLimitedHttpToolsProtocol
 from .settings import SettingsError, get_settings
+
+# What --reload watches: this package, not the working directory (its .venv alone holds
+# thousands of .py files, which uvicorn's polling reloader stats every quarter second).
+SOURCE_DIR = Path(__file__).resolve().parent
 
 app = typer.Typer(help=__doc__, no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
@@ -67,6 +72,7 @@ def serve(
             port=port,
             workers=workers,
             reload=reload,
+            reload_dirs=[str(SOURCE_DIR)] if reload else None,
             loop="auto",
             http=HeaderLimitedHttpToolsProtocol,
             timeout_graceful_shutdown=graceful_timeout,

@@ -22,9 +22,10 @@ current_request_id: ContextVar[str | None] = ContextVar("current_request_id", de
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s [%(request_id)s] %(name)s: %(message)s"
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged.
+# Except uvicorn's ``color_message``: the message again, with ANSI colour codes for a terminal.
 _RECORD_ATTRIBUTES = frozenset(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
-    | {"message", "asctime", "request_id", "taskName"}
+    | {"message", "asctime", "request_id", "taskName", "color_message"}
 )
 
 

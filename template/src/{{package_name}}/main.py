@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.middleware.gzip import GZipMiddleware
 
-from .api import api_router
+from .api import api_router, files
 from .api.health import router as health_router
 from .db.engine import DatabaseUnavailable
 from .errors import method_not_allowed, request_validation_error
@@ -16,7 +16,7 @@ from .lifespan import lifespan
 from .logs import configure_logging
 from .metrics import observe_request
 from .metrics import router as metrics_router
-from .middleware import JsonErrorsMiddleware, TimingMiddleware
+from .middleware import BodyLimitMiddleware, JsonErrorsMiddleware, TimingMiddleware
 from .pagination import document_max_page_size
 from .request_log import AccessLogMiddleware
 from .settings import Settings, get_settings
@@ -67,8 +67,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return retry_shortly("database is unavailable, retry shortly")
 
     # Last added runs first: timing wraps compression, so X-Process-Time includes it. Errors
-    # become JSON innermost, before compression sees them.
+    # become JSON innermost, before compression sees them; bodies are bounded just outside that.
     app.add_middleware(JsonErrorsMiddleware)
+    uploads = f"{api_router.prefix}{files.router.prefix}/"
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.app.max_body_bytes,
+        limits={uploads: settings.app.max_upload_bytes},
+    )
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=GZIP_LEVEL)
     app.add_middleware(TimingMiddleware, slow_request_ms=settings.app.slow_request_ms)
     # Outermost: the request id is set before any other middleware logs.

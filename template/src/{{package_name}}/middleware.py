@@ -3,9 +3,12 @@
 import json
 import logging
 import time
+from collections.abc import Mapping
 from http import HTTPStatus
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .timing import RequestTimings, current_timings
@@ -63,6 +66,57 @@ class TimingMiddleware:
                     timings.db_statements,
                 )
             current_timings.reset(token)
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        # Connection: close, so the server stops reading the rest of the body off the socket.
+        super().__init__(
+            413, f"request body exceeds the limit of {limit} bytes", {"Connection": "close"}
+        )
+
+
+class BodyLimitMiddleware:
+    """Refuses a request body over ``max_bytes`` with a JSON 413: before reading any of it when
+    its Content-Length says so, else (chunked) as soon as the bytes received pass the limit,
+    reading no further. A path under one of the ``limits`` prefixes takes the limit given there
+    (uploads, streamed to disk, have a larger one)."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, limits: Mapping[str, int]) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        limit = next(
+            (size for prefix, size in self.limits.items() if path.startswith(prefix)),
+            self.max_bytes,
+        )
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            refused = BodyTooLarge(limit)
+            response = JSONResponse(
+                {"detail": refused.detail}, refused.status_code, headers=refused.headers
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # Raised inside the app's read of the body: its exception handler answers.
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, receive_within_limit, send)
 
 
 class JsonErrorsMiddleware:

@@ -12,7 +12,8 @@ class ClosingStreamingResponse(StreamingResponse):
     then runs ``on_close`` (say, to give back a connection checked out for the stream).
 
     Starlette leaves an abandoned generator to the garbage collector; a generator holding a
-    database connection must give it back now, not whenever the GC runs.
+    database connection must give it back now, not whenever the GC runs. ``first``: a chunk
+    already taken from the generator, sent before the rest.
     """
 
     def __init__(
@@ -22,8 +23,11 @@ class ClosingStreamingResponse(StreamingResponse):
         headers: Mapping[str, str] | None = None,
         media_type: str | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        first: bytes = b"",
     ) -> None:
-        super().__init__(content, status_code, headers, media_type)
+        super().__init__(
+            _after(first, content) if first else content, status_code, headers, media_type
+        )
         self._generator = content
         self._on_close = on_close
 
@@ -37,3 +41,9 @@ class ClosingStreamingResponse(StreamingResponse):
                 finally:
                     if self._on_close is not None:
                         await self._on_close()
+
+
+async def _after(first: bytes, rest: AsyncGenerator[bytes]) -> AsyncGenerator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk

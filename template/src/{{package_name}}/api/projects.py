@@ -99,7 +99,7 @@ async def get_project(project_id: ProjectId, request: Request) -> Response:
     return await cached_json(request, cache, project_key(cache, project_id), load)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=documented(400))
+@router.post("", status_code=status.HTTP_201_CREATED, responses=documented(400, 413))
 async def create_project(body: ProjectCreate, db: DbDep, cache: CacheDep) -> ProjectPublic:
     project = await queries.create_project(db, body)
     if project is None:
@@ -108,7 +108,7 @@ async def create_project(body: ProjectCreate, db: DbDep, cache: CacheDep) -> Pro
     return project
 
 
-@router.patch("/{project_id:int}", responses=documented(400, 404))
+@router.patch("/{project_id:int}", responses=documented(400, 404, 413))
 async def update_project(
     project_id: ProjectId, body: ProjectUpdate, db: DbDep, cache: CacheDep
 ) -> ProjectPublic:

@@ -39,7 +39,7 @@ async def get_user(user_id: RowId, db: DbDep) -> UserPublic:
     return user
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=documented(400, 409))
+@router.post("", status_code=status.HTTP_201_CREATED, responses=documented(400, 409, 413))
 async def create_user(body: UserCreate, db: DbDep) -> UserPublic:
     if await queries.email_or_username_taken(db, email=body.email, username=body.username):
         raise HTTPException(status.HTTP_409_CONFLICT, "email or username is already taken")

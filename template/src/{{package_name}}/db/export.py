@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import csv
 import io
+import time
 from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..schemas import assume_utc
+from ..timing import current_timings
 from .json_rows import json_value
 
 ExportFormat = Literal["ndjson", "csv"]
@@ -48,9 +50,20 @@ async def export(
     conn: AsyncConnection, query: Select[Any], export_format: ExportFormat, *, batch_size: int
 ) -> AsyncGenerator[bytes]:
     """The rows of ``query`` (its columns named as the export's fields), encoded; the CSV
-    header first."""
-    if export_format == "csv":
-        yield csv_header(query)
+    header in the first chunk, so that the first chunk comes once the statement has run up to
+    its first rows (the endpoint waits for it before the response starts)."""
+    header = csv_header(query) if export_format == "csv" else b""
+    async with contextlib.aclosing(_rows(conn, query, export_format, batch_size)) as chunks:
+        async for chunk in chunks:
+            yield header + chunk
+            header = b""
+    if header:
+        yield header
+
+
+async def _rows(
+    conn: AsyncConnection, query: Select[Any], export_format: ExportFormat, batch_size: int
+) -> AsyncGenerator[bytes]:
     if conn.dialect.name == "postgresql":
         copy = _copy_out(conn, *_copy_statement(conn, query, export_format))
         async with contextlib.aclosing(copy) as chunks:
@@ -112,11 +125,19 @@ async def _copy_out(
     # A slow client holds the COPY back (the queue is bounded): the export must not be cut at
     # statement_timeout. Reset when it ends; a COPY cut short takes its connection with it.
     await raw.execute("SET statement_timeout = 0")
+    # COPY on the driver fires no statement event: counted here, for its time up to its first
+    # rows (as a cursor's execute is), not the client's pace after that.
+    timings = current_timings.get()
+    started = time.perf_counter()
     task = asyncio.create_task(copy())
     finished = False
     try:
-        while (chunk := await chunks.get()) is not None:
+        chunk = await chunks.get()
+        if timings is not None:
+            timings.add_statement(time.perf_counter() - started)
+        while chunk is not None:
             yield chunk
+            chunk = await chunks.get()
         await task  # the COPY's error, if it failed
         finished = True
     finally:
