@@ -36,8 +36,9 @@ class DatabaseUnavailable(Exception):
     """The database cannot be reached (down, restarting, network cut): main.py answers 503."""
 
 
-class SchemaBehind(DatabaseUnavailable):
-    """The database lacks tables or columns the code uses: its migrations have not all run."""
+class SchemaBehind(Exception):
+    """The database answers but lacks tables or columns the code uses: its migrations have not
+    all run (main.py answers 503 naming the command). Not an outage: nothing to wait for."""
 
 
 _ASYNC_DRIVERS = {
