@@ -12,13 +12,15 @@ import typer
 import uvicorn
 from rich.progress import Progress, TaskID
 
+from .api.projects import LIST_NAMESPACE
 from .bench.command import bench
+from .cache import create_cache
 from .db import migrate
 from .db.engine import create_engine
 from .db.seed import seed as seed_database
 from .logs import configure_logging
 from .server import HeaderLimitedHttpToolsProtocol
-from .settings import SettingsError, get_settings
+from .settings import Settings, SettingsError, get_settings
 
 # What --reload watches: this package, not the working directory (its .venv alone holds
 # thousands of .py files, which uvicorn's polling reloader stats every quarter second).
@@ -123,7 +125,8 @@ def seed(
 
 
 async def _seed(**counts: int) -> None:
-    engine = create_engine(get_settings().database)
+    settings = get_settings()
+    engine = create_engine(settings.database)
     try:
         with Progress() as progress:
             tasks: dict[str, TaskID] = {}
@@ -136,3 +139,26 @@ async def _seed(**counts: int) -> None:
             await seed_database(engine, **counts, on_progress=advance)
     finally:
         await engine.dispose()
+    if counts["projects"] or counts["items"]:
+        typer.echo(await _invalidate_project_pages(settings))
+
+
+async def _invalidate_project_pages(settings: Settings) -> str:
+    """A running service caches project pages and their total (api/projects.py), and a seed
+    changes both; project details keep their item counts (new items go to new projects)."""
+    cache = create_cache(settings)
+    try:
+        if not cache.shared:
+            return (
+                "cached project pages not invalidated: a running service's cache is in its own"
+                " memory; its project pages show what they held before the seed for up to"
+                f" {settings.cache.ttl_seconds} s (CACHE_TTL_SECONDS), or restart it"
+            )
+        if await cache.invalidate_namespace(LIST_NAMESPACE):
+            return "cached project pages invalidated"
+        return (
+            "warning: cached project pages not invalidated (the cache did not answer): a running"
+            f" service may show them for up to {settings.cache.ttl_seconds} s (CACHE_TTL_SECONDS)"
+        )
+    finally:
+        await cache.close()

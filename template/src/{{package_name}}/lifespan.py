@@ -14,7 +14,12 @@ from fastapi import Depends, FastAPI, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .cache import Cache, create_cache
-from .db.engine import DatabaseUnavailable, create_engine, create_sessionmaker
+from .db.engine import (
+    DatabaseUnavailable,
+    create_engine,
+    create_probe_engine,
+    create_sessionmaker,
+)
 from .observability import observe_resources
 from .settings import Settings
 
@@ -25,6 +30,8 @@ logger = logging.getLogger(__name__)
 class Resources:
     settings: Settings
     engine: AsyncEngine
+    # Readiness only (api/health.py): one connection per check, outside the pool.
+    probe_engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     cache: Cache
     http: httpx.AsyncClient
@@ -46,6 +53,7 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
     settings: Settings = app.state.settings
     engine = create_engine(settings.database)
+    probe_engine = create_probe_engine(settings.database)
     cache = create_cache(settings)
     http = create_http_client(settings)
     stop_observing = observe_resources(settings, engine, http)
@@ -54,6 +62,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
             "resources": Resources(
                 settings=settings,
                 engine=engine,
+                probe_engine=probe_engine,
                 sessionmaker=create_sessionmaker(engine),
                 cache=cache,
                 http=http,
@@ -64,6 +73,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
         await http.aclose()
         await cache.close()
         await engine.dispose()
+        await probe_engine.dispose()
 
 
 # Dependencies are `async def` even when they never await: FastAPI runs a plain `def` dependency

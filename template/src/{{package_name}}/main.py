@@ -10,7 +10,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from .api import api_router, files
 from .api.health import router as health_router
-from .db.engine import DatabaseUnavailable
+from .db.engine import DatabaseUnavailable, SchemaBehind
 from .errors import method_not_allowed, request_validation_error
 from .lifespan import lifespan
 from .logs import configure_logging
@@ -19,7 +19,7 @@ from .metrics import router as metrics_router
 from .middleware import BodyLimitMiddleware, JsonErrorsMiddleware, TimingMiddleware
 from .pagination import document_max_page_size
 from .request_log import AccessLogMiddleware
-from .settings import Settings, get_settings
+from .settings import UPGRADE_ADVICE, Settings, get_settings
 from .tracing import telemetry_config
 
 GZIP_MINIMUM_BYTES = 1000
@@ -65,6 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def database_unavailable(_request: Request, _exc: DatabaseUnavailable) -> JSONResponse:
         # Logged once per outage by db/engine.py; a handled answer keeps the connection alive.
         return retry_shortly("database is unavailable, retry shortly")
+
+    @app.exception_handler(SchemaBehind)
+    async def schema_behind(_request: Request, _exc: SchemaBehind) -> JSONResponse:
+        # Logged once by db/engine.py; answered until someone runs the migrations.
+        return retry_shortly(f"database schema is behind the service: {UPGRADE_ADVICE}")
 
     # Last added runs first: timing wraps compression, so X-Process-Time includes it. Errors
     # become JSON innermost, before compression sees them; bodies are bounded just outside that.

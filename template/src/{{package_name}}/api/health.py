@@ -4,9 +4,11 @@ import asyncio
 
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel
-from sqlalchemy import text
+from sqlalchemy.pool import QueuePool
 
-from ..lifespan import ResourcesDep
+from ..db import migrate
+from ..lifespan import Resources, ResourcesDep
+from ..settings import UPGRADE_ADVICE
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -25,22 +27,38 @@ async def live() -> Health:
 
 @router.get("/ready", responses={503: {"model": Health}})
 async def ready(resources: ResourcesDep, response: Response) -> Health:
-    """503 when the database does not answer. A cache that does not answer is reported as
-    degraded but keeps the service ready: requests are then served from the database."""
-    checks: dict[str, str] = {}
-    try:
-        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS), resources.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"down: {type(exc).__name__}"
+    """503 when the database does not answer or its schema is behind the code's migrations.
+    A database whose every pooled connection is in use is "busy" but ready: shedding that load
+    is the API's job (503 with Retry-After), and a probe that failed then would pull every
+    instance at once. A cache that does not answer is reported as degraded but keeps the
+    service ready: requests are then served from the database."""
+    checks = {"database": await _check_database(resources)}
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
             cache_ok = await resources.cache.ping()
     except TimeoutError:
         cache_ok = False
     checks["cache"] = "ok" if cache_ok else "degraded"
-    if checks["database"] != "ok":
+    if checks["database"] not in ("ok", "busy"):
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return Health(status="unavailable", checks=checks)
+    if checks["database"] == "busy":
+        return Health(status="busy", checks=checks)
     return Health(status="ok" if cache_ok else "degraded", checks=checks)
+
+
+async def _check_database(resources: Resources) -> str:
+    # On a connection of its own (probe_engine), never one from the request pool.
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+            async with resources.probe_engine.connect() as conn:
+                behind = await migrate.schema_behind(conn)
+    except Exception as exc:
+        return f"down: {type(exc).__name__}"
+    if behind:
+        return f"schema behind its migrations: {UPGRADE_ADVICE}"
+    pool, database = resources.engine.pool, resources.settings.database
+    capacity = database.pool_size + database.max_overflow
+    if isinstance(pool, QueuePool) and pool.checkedout() >= capacity:
+        return "busy"
+    return "ok"

@@ -3,6 +3,7 @@
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
@@ -15,20 +16,29 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
-from ..settings import DatabaseSettings
+from ..settings import UPGRADE_ADVICE, DatabaseSettings
 from ..timing import current_timings
 
 logger = logging.getLogger(__name__)
 
 # SQLSTATEs of a server that cannot take the statement now: connection failures (class 08),
-# shutting down or restarting (57P01-57P03), too many connections (53300).
-_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+# shutting down or restarting (57P01-57P03), too many connections (53300), a database or role
+# that does not exist or may not log in (3D000, 28000, 28P01): a misconfiguration is an outage too.
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300", "3D000", "28000", "28P01")
+# A table or column the code uses is missing: migrations have not run (undefined table, column).
+_SCHEMA_BEHIND_SQLSTATES = ("42P01", "42703")
+_SCHEMA_BEHIND_SQLITE_MESSAGES = ("no such table", "no such column")
 
 
 class DatabaseUnavailable(Exception):
     """The database cannot be reached (down, restarting, network cut): main.py answers 503."""
+
+
+class SchemaBehind(Exception):
+    """The database answers but lacks tables or columns the code uses: its migrations have not
+    all run (main.py answers 503 naming the command). Not an outage: nothing to wait for."""
 
 
 _ASYNC_DRIVERS = {
@@ -51,34 +61,58 @@ def async_url(url: str) -> URL:
         ) from None
 
 
-def create_engine(settings: DatabaseSettings) -> AsyncEngine:
-    url = async_url(settings.url)
-    options: dict[str, Any] = {"echo": settings.echo}
+def _connect_args(url: URL, settings: DatabaseSettings) -> dict[str, Any]:
     if url.get_backend_name() == "sqlite":
         if url.database in (None, "", ":memory:"):
             raise ValueError(
                 "use a SQLite file (sqlite:///path.db): an in-memory DB is per connection"
             )
-        options["connect_args"] = {"timeout": settings.pool_timeout_seconds}
-    elif settings.pooler == "pgbouncer":
-        options["connect_args"] = _pgbouncer_connect_args()
-    else:
-        options["connect_args"] = {
-            "server_settings": {"statement_timeout": str(settings.statement_timeout_ms)}
-        }
+        return {"timeout": settings.pool_timeout_seconds}
+    if settings.pooler == "pgbouncer":
+        return _pgbouncer_connect_args()
+    return {"server_settings": {"statement_timeout": str(settings.statement_timeout_ms)}}
+
+
+def create_engine(settings: DatabaseSettings) -> AsyncEngine:
+    url = async_url(settings.url)
     engine = create_async_engine(
         url,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout_seconds,
         pool_recycle=settings.pool_recycle_seconds,
-        **options,
+        echo=settings.echo,
+        connect_args=_connect_args(url, settings),
     )
     if settings.pool_pre_ping:
         _ping_idle_connections(engine, idle_seconds=settings.pool_pre_ping_idle_seconds)
     _instrument(engine, slow_query_seconds=settings.slow_query_ms / 1000)
     _watch_availability(engine)
     return engine
+
+
+def create_probe_engine(settings: DatabaseSettings) -> AsyncEngine:
+    """The readiness check's engine: a connection of its own for each check (no pool), so a
+    pool whose every connection is busy with requests cannot starve the check into "down"."""
+    url = async_url(settings.url)
+    engine = create_async_engine(url, poolclass=NullPool, connect_args=_connect_args(url, settings))
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, _cparams: Any) -> None:
+        _check_sqlite_directory(dialect, cargs)  # then the dialect connects as usual
+
+    return engine
+
+
+def _check_sqlite_directory(dialect: Any, cargs: Any) -> None:
+    """A SQLite file whose directory does not exist (no var/ in a fresh checkout, a typo in
+    DATABASE_URL): sqlite3 says only "unable to open database file"; this names the directory,
+    and spares aiosqlite a failed connect (its worker thread outlives it)."""
+    if dialect.name != "sqlite" or str(cargs[0]).startswith("file:"):
+        return
+    directory = Path(cargs[0]).parent
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no directory {directory} for the SQLite file")
 
 
 def _ping_idle_connections(engine: AsyncEngine, *, idle_seconds: float) -> None:
@@ -224,15 +258,38 @@ def _watch_availability(engine: AsyncEngine) -> None:
     @event.listens_for(sync_engine, "do_connect")
     def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
         try:
+            _check_sqlite_directory(dialect, cargs)
             return dialect.connect(*cargs, **cparams)
         except OSError as exc:  # refused, unreachable, timed out: not a DBAPI error
             raise unavailable(exc) from exc
 
+    schema_behind_logged = False
+
+    def schema_behind(exc: BaseException) -> SchemaBehind:
+        nonlocal schema_behind_logged
+        if not schema_behind_logged:  # once per process: every answer says what to run
+            schema_behind_logged = True
+            logger.warning(
+                "database schema is behind the service's migrations; answering 503: %s",
+                UPGRADE_ADVICE,
+            )
+        return SchemaBehind(f"database schema is behind: {type(exc).__name__}")
+
     @event.listens_for(sync_engine, "handle_error")
     def _failed(context: ExceptionContext) -> None:
-        sqlstate = getattr(context.original_exception, "sqlstate", None) or ""
-        if context.is_disconnect or sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
-            raise unavailable(context.original_exception) from context.original_exception
+        original = context.original_exception
+        sqlstate = getattr(original, "sqlstate", None) or ""
+        if (
+            context.is_disconnect
+            or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+            # SQLite: the file cannot be opened (no permission, say; a missing directory is above).
+            or getattr(original, "sqlite_errorname", None) == "SQLITE_CANTOPEN"
+        ):
+            raise unavailable(original) from original
+        if sqlstate in _SCHEMA_BEHIND_SQLSTATES or (
+            sqlstate == "" and str(original).startswith(_SCHEMA_BEHIND_SQLITE_MESSAGES)
+        ):
+            raise schema_behind(original) from original
 
     @event.listens_for(sync_engine, "checkout")
     def _checked_out(*_: Any) -> None:
