@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from pydantic_core import to_json
 
+from .errors import invalid
 from .lifespan import SettingsDep
 from .schemas import MAX_ID
 from .settings import Settings
@@ -89,16 +90,8 @@ async def page_size(
 ) -> int:
     """Items per page, from page_size or limit (the same value when both are given)."""
     if page_size is not None and limit is not None and page_size != limit:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "value_error",
-                    "loc": ("query", "limit"),
-                    "msg": "Value error, limit is another name for page_size: give one of them",
-                    "input": limit,
-                    "ctx": {"error": "limit and page_size differ"},
-                }
-            ]
+        raise invalid(
+            ("query", "limit"), "Value error, limit is another name for page_size: give one of them"
         )
     name, size = ("limit", limit) if page_size is None else ("page_size", page_size)
     if size is None:
@@ -186,16 +179,9 @@ async def keyset_params(
             or isinstance(after_id, bool)
             or not 1 <= after_id <= MAX_ID
         ):
-            raise RequestValidationError(
-                [
-                    {
-                        "type": "value_error",
-                        "loc": ("query", "cursor"),
-                        "msg": "Value error, cursor is not valid: use next_cursor from a response",
-                        "input": cursor,
-                        "ctx": {"error": "cursor is not valid"},
-                    }
-                ]
+            raise invalid(
+                ("query", "cursor"),
+                "Value error, cursor is not valid: use next_cursor from a response",
             )
     return KeysetParams(limit=size, after_id=after_id)
 
