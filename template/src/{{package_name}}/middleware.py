@@ -138,9 +138,10 @@ class JsonErrorsMiddleware:
 
         async def send_json_errors(message: Message) -> None:
             nonlocal held, words
-            if message["type"] == "http.response.start":
+            # Headers are parsed only for errors: a 2xx or 3xx passes untouched.
+            if message["type"] == "http.response.start" and message["status"] >= 400:
                 content_type = Headers(raw=message["headers"]).get("content-type", "")
-                if message["status"] >= 400 and not content_type.startswith("application/json"):
+                if not content_type.startswith("application/json"):
                     held = message
                     plain = content_type.startswith("text/plain") and message["status"] < 500
                     words = b"" if plain else None
