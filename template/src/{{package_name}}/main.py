@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.app.max_body_bytes,
-        limits={uploads: settings.app.max_upload_bytes},
+        limits={uploads: settings.app.max_upload_bytes + files.MULTIPART_OVERHEAD_BYTES},
     )
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=GZIP_LEVEL)
     app.add_middleware(TimingMiddleware, slow_request_ms=settings.app.slow_request_ms)
