@@ -283,6 +283,61 @@ def test_uv_lock_hook_leaves_conflict_markers_to_the_user(tmp_path: Path) -> Non
     assert not (tmp_path / "uv.lock").exists()
 
 
+def test_an_update_ends_with_the_files_that_hold_conflict_markers(tmp_path: Path) -> None:
+    """Copier exits 0 with conflicts left in files: the last step of copier.yml's _migrations
+    lists them. Run by copier over a tiny template with that step and its hook (nothing to
+    install): the conflicted file is listed, an ignored one with markers (.venv) is not."""
+    settings = (REPO_ROOT / "copier.yml").read_text(encoding="utf-8").split("\n---\n")[0]
+    last = yaml.safe_load(settings)["_migrations"][-1]
+    assert last["command"][-1].endswith("/hooks/conflicts.py")
+    template, project = tmp_path / "template", tmp_path / "project"
+    (template / "hooks").mkdir(parents=True)
+    (template / "copier.yml").write_text(
+        yaml.safe_dump({"_subdirectory": "files", "_migrations": [last]}), encoding="utf-8"
+    )
+    (template / "hooks" / "conflicts.py").write_bytes(
+        (REPO_ROOT / "hooks/conflicts.py").read_bytes()
+    )
+    (template / "files").mkdir()
+    (template / "files" / ".gitignore").write_text(".venv/\n")
+    answers = template / "files" / "{{ _copier_conf.answers_file }}.jinja"
+    answers.write_text("{{ _copier_answers | to_nice_yaml }}")
+    git(template, "init", "--quiet")
+    for version, line in ((V1, "first\n"), (V2, "the template's\n")):
+        (template / "files" / "notes.txt").write_text(line)
+        commit(template, version)
+        git(template, "tag", version)
+    run_ok(
+        [*COPIER, "copy", "--trust", f"--vcs-ref={V1}", str(template), str(project)],
+        tmp_path,
+        _env(),
+    )
+    git(project, "init", "--quiet")
+    (project / "notes.txt").write_text("the team's\n")
+    (project / "plain.txt").write_text("no markers, <<<<<<< mid-line\n")
+    commit(project, "project")
+    (project / ".venv").mkdir()
+    (project / ".venv" / "vendored.py").write_text("<<<<<<< a\n=======\n>>>>>>> b\n")
+
+    updated = subprocess.run(
+        [*COPIER, "update", "--trust", "--defaults"],
+        cwd=project,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert updated.returncode == 0, updated.stderr
+    assert "<<<<<<< before updating" in (project / "notes.txt").read_text()
+    assert updated.stderr.rstrip().endswith(
+        "copier update: 1 file(s) hold conflict markers; edit each to what you want, then"
+        " `git add -A` and commit (docs/updating.md, step 3):\n    notes.txt"
+    )
+    (project / "notes.txt").write_text("resolved\n")
+    assert _hook("conflicts.py", project).stderr == "copier update: no conflicts\n"
+
+
 def test_migration_hooks_are_idempotent(tmp_path: Path) -> None:
     git(tmp_path, "init", "--quiet")
     answers = tmp_path / ".copier-answers.yml"
@@ -484,6 +539,7 @@ def test_update_without_template_change_changes_nothing(
     output = copier_update(project)
 
     assert f"Keeping template version {V2}" in output
+    assert "copier update: no conflicts" in output
     assert git(project, "status", "--porcelain", "--untracked-files=all") == ""
     assert git(project, "rev-parse", "HEAD") == head
 
@@ -632,6 +688,8 @@ def test_update_keeps_an_edited_twin_as_a_conflict(
 
     runner_path = f"{SRC}/bench/runner.py"
     assert f"{runner_path}: the template no longer ships this file and you had edited it" in output
+    # Not an unmerged path for git, listed at the end all the same.
+    assert f"(docs/updating.md, step 3):\n    {runner_path}\n" in output
     # The team's version on its side, nothing on the template's: keep it, or delete the file.
     assert conflicts(runner) == [(edited, "")]
     assert files_with_markers(project) == {runner_path}
