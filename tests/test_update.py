@@ -10,6 +10,7 @@ never depend on this repository's own tags. Copier runs from this environment's 
 from __future__ import annotations
 
 import re
+import runpy
 import subprocess
 import sys
 import tomllib
@@ -26,6 +27,15 @@ V1, V2 = "0.1.0", "0.2.0"
 # author_name is renamed to maintainer_name in 0.2.0: its answer must survive the rename.
 ANSWERS = {"project_name": "Update Demo", "author_name": "Jane Doe"}
 SRC = "src/update_demo"
+TEMPLATE_VERSIONS = (
+    REPO_ROOT
+    / "template"
+    / "src"
+    / "{{package_name}}"
+    / "db"
+    / "{% if orm == 'sqlalchemy' %}migrations{% endif %}"
+    / "versions"
+)
 MEMORY = Combination({"orm": "sqlalchemy", "database": "sqlite", "cache_backend": "memory"})
 REDIS = Combination({**MEMORY.answers, "cache_backend": "redis"})
 
@@ -336,6 +346,45 @@ def test_an_update_ends_with_the_files_that_hold_conflict_markers(tmp_path: Path
     )
     (project / "notes.txt").write_text("resolved\n")
     assert _hook("conflicts.py", project).stderr == "copier update: no conflicts\n"
+
+
+TEAM_REVISION = '''"""The team's own table, on the template's 0001.
+
+Revision ID: a1b2c3d4e5f6
+Revises: 0001
+"""
+
+revision = "a1b2c3d4e5f6"
+down_revision: str | None = "0001"
+'''
+
+
+def test_alembic_heads_hook_merges_the_template_and_the_team_heads(tmp_path: Path) -> None:
+    """The template's real revisions, and a team's revision on 0001 beside the template's 0002
+    (a service copied before 0002, updated after): two heads, which Alembic refuses to upgrade.
+    The hook writes one merge revision on both, once."""
+    versions = tmp_path / "src" / "demo" / "db" / "migrations" / "versions"
+    versions.mkdir(parents=True)
+    for revision in TEMPLATE_VERSIONS.glob("*.py"):
+        (versions / revision.name).write_bytes(revision.read_bytes())
+    (versions / "a1b2c3d4e5f6_team_tags.py").write_text(TEAM_REVISION)
+    (tmp_path / ".copier-answers.yml").write_text("orm: sqlalchemy\npackage_name: demo\n")
+    hook = runpy.run_path(str(REPO_ROOT / "hooks" / "alembic_heads.py"))
+    assert hook["heads"](hook["revisions"](versions)) == ["0002", "a1b2c3d4e5f6"]
+
+    merged = _hook("alembic_heads.py", tmp_path, ".copier-answers.yml")
+    again = _hook("alembic_heads.py", tmp_path, ".copier-answers.yml")
+
+    assert merged.returncode == again.returncode == 0, merged.stderr
+    [merge] = versions.glob("*_merge_heads.py")
+    revision = runpy.run_path(str(merge))
+    assert revision["down_revision"] == ("0002", "a1b2c3d4e5f6")
+    assert hook["heads"](hook["revisions"](versions)) == [revision["revision"]]
+    assert (
+        "had 2 heads (0002, a1b2c3d4e5f6); wrote src/demo/db/migrations/versions/" in merged.stderr
+    )
+    assert again.stderr == ""
+    assert len(list(versions.glob("*_merge_heads.py"))) == 1
 
 
 def test_migration_hooks_are_idempotent(tmp_path: Path) -> None:
