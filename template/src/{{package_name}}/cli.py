@@ -100,7 +100,10 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 def explain(exc: BaseException) -> str | None:
     """One line saying what is wrong and how to fix it, for a failure a setup can cause; None
     for anything else (a bug: its traceback is the useful answer)."""
-    url = make_url(get_settings().database.url)
+    try:
+        url = make_url(get_settings().database.url)
+    except SettingsError:  # the callback said so already, and exits 2
+        return None
     host, port = url.host or "localhost", url.port or 5432
     no_database = (
         f"database {url.database} does not exist on {host}:{port}: create it"
