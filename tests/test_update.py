@@ -156,6 +156,8 @@ V2_MIDDLEWARE_LINE = "        self.slow_request_seconds = max(slow_request_ms, 1
 V1_MIDDLEWARE_LINE = "        self.slow_request_seconds = slow_request_ms / 1000\n"
 # Must never reach a project: existing Alembic revisions are in _skip_if_exists.
 V2_REVISION_LINE = "# Edited in 0.2.0.\n"
+# 0.2.0 adds a revision on the last one of 0.1.0, and the team has one there too: two heads.
+V2_REVISION, TEAM_REVISION = "0003", "a1b2c3d4e5f6"
 REVISION = "db/migrations/versions/0001_initial.py"
 TEMPLATE_REVISION = "db/{% if orm == 'sqlalchemy' %}migrations{% endif %}/versions/0001_initial.py"
 V2_MIGRATIONS = """\
@@ -189,6 +191,10 @@ def _release_next_version(repo: Path) -> None:
     replace_once(package / "middleware.py", V1_MIDDLEWARE_LINE, V2_MIDDLEWARE_LINE)
     revision = package / TEMPLATE_REVISION
     revision.write_text(revision.read_text() + V2_REVISION_LINE)
+    last = max(path.name[:4] for path in revision.parent.glob("*.py"))
+    revision.with_name(f"{V2_REVISION}_next.py").write_text(
+        noop_revision(V2_REVISION, last, f"A revision of {V2}, with nothing to run.")
+    )
     git(repo, "mv", str(package / "streaming.py"), str(package / "responses.py"))
     for path in package.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
@@ -348,14 +354,26 @@ def test_an_update_ends_with_the_files_that_hold_conflict_markers(tmp_path: Path
     assert _hook("conflicts.py", project).stderr == "copier update: no conflicts\n"
 
 
-TEAM_REVISION = '''"""The team's own table, on the template's 0001.
+def noop_revision(revision: str, down_revision: str, what: str) -> str:
+    """An Alembic revision file with nothing to run, as the generated project's lint wants it."""
+    return f'''"""{what}
 
-Revision ID: a1b2c3d4e5f6
-Revises: 0001
+Revision ID: {revision}
+Revises: {down_revision}
 """
 
-revision = "a1b2c3d4e5f6"
-down_revision: str | None = "0001"
+revision = "{revision}"
+down_revision: str | None = "{down_revision}"
+branch_labels: str | None = None
+depends_on: str | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
 '''
 
 
@@ -367,7 +385,8 @@ def test_alembic_heads_hook_merges_the_template_and_the_team_heads(tmp_path: Pat
     versions.mkdir(parents=True)
     for revision in TEMPLATE_VERSIONS.glob("*.py"):
         (versions / revision.name).write_bytes(revision.read_bytes())
-    (versions / "a1b2c3d4e5f6_team_tags.py").write_text(TEAM_REVISION)
+    team = noop_revision(TEAM_REVISION, "0001", "The team's own, on the template's 0001.")
+    (versions / f"{TEAM_REVISION}_team.py").write_text(team)
     (tmp_path / ".copier-answers.yml").write_text("orm: sqlalchemy\npackage_name: demo\n")
     hook = runpy.run_path(str(REPO_ROOT / "hooks" / "alembic_heads.py"))
     assert hook["heads"](hook["revisions"](versions)) == ["0002", "a1b2c3d4e5f6"]
@@ -525,11 +544,19 @@ def test_update_to_the_next_version_keeps_every_user_edit(
     replace_once(project / SRC / "middleware.py", V1_MIDDLEWARE_LINE, USER_MIDDLEWARE_LINE)
     streaming = project / SRC / "streaming.py"
     streaming.write_text(streaming.read_text() + "\n" + USER_STREAMING_LINE)
+    versions = (project / SRC / REVISION).parent
+    head = max(path.name[:4] for path in versions.glob("*.py"))
+    team = noop_revision(TEAM_REVISION, head, "The team's own, on the template's last.")
+    (versions / f"{TEAM_REVISION}_team.py").write_text(team)
     commit(project, "Our changes")
 
     output = copier_update(project)
 
     assert f"Updating to template version {V2}" in output
+    # The template's new revision and the team's follow the same one: merged, so that the
+    # project's tests below can migrate.
+    assert f"had 2 heads ({V2_REVISION}, {TEAM_REVISION}); wrote" in output
+    assert len(list(versions.glob("*_merge_heads.py"))) == 1
     answers = recorded_answers(project)
     assert answers["_commit"] == V2
     # The renamed question kept its answer (without the migration: the new default).
