@@ -10,6 +10,7 @@ never depend on this repository's own tags. Copier runs from this environment's 
 from __future__ import annotations
 
 import re
+import runpy
 import subprocess
 import sys
 import tomllib
@@ -26,6 +27,15 @@ V1, V2 = "0.1.0", "0.2.0"
 # author_name is renamed to maintainer_name in 0.2.0: its answer must survive the rename.
 ANSWERS = {"project_name": "Update Demo", "author_name": "Jane Doe"}
 SRC = "src/update_demo"
+TEMPLATE_VERSIONS = (
+    REPO_ROOT
+    / "template"
+    / "src"
+    / "{{package_name}}"
+    / "db"
+    / "{% if orm == 'sqlalchemy' %}migrations{% endif %}"
+    / "versions"
+)
 MEMORY = Combination({"orm": "sqlalchemy", "database": "sqlite", "cache_backend": "memory"})
 REDIS = Combination({**MEMORY.answers, "cache_backend": "redis"})
 
@@ -154,6 +164,8 @@ V2_MIDDLEWARE_LINE = "        self.slow_request_seconds = max(slow_request_ms, 1
 V1_MIDDLEWARE_LINE = "        self.slow_request_seconds = slow_request_ms / 1000\n"
 # Must never reach a project: existing Alembic revisions are in _skip_if_exists.
 V2_REVISION_LINE = "\n\n# Edited in 0.2.0.\n"  # formatted: two blank lines after a def
+# 0.2.0 adds a revision on the last one of 0.1.0, and the team has one there too: two heads.
+V2_REVISION, TEAM_REVISION = "0003", "a1b2c3d4e5f6"
 REVISION = "db/migrations/versions/0001_initial.py"
 TEMPLATE_REVISION = "db/{% if orm == 'sqlalchemy' %}migrations{% endif %}/versions/0001_initial.py"
 V2_MIGRATIONS = """\
@@ -187,6 +199,10 @@ def _release_next_version(repo: Path) -> None:
     replace_once(package / "middleware.py", V1_MIDDLEWARE_LINE, V2_MIDDLEWARE_LINE)
     revision = package / TEMPLATE_REVISION
     revision.write_text(revision.read_text() + V2_REVISION_LINE)
+    last = max(path.name[:4] for path in revision.parent.glob("*.py"))
+    revision.with_name(f"{V2_REVISION}_next.py").write_text(
+        noop_revision(V2_REVISION, last, f"A revision of {V2}, with nothing to run.")
+    )
     git(repo, "mv", str(package / "streaming.py"), str(package / "responses.py"))
     for path in package.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
@@ -289,6 +305,113 @@ def test_uv_lock_hook_leaves_conflict_markers_to_the_user(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     assert "conflict markers" in result.stderr
     assert not (tmp_path / "uv.lock").exists()
+
+
+def test_an_update_ends_with_the_files_that_hold_conflict_markers(tmp_path: Path) -> None:
+    """Copier exits 0 with conflicts left in files: the last step of copier.yml's _migrations
+    lists them. Run by copier over a tiny template with that step and its hook (nothing to
+    install): the conflicted file is listed, an ignored one with markers (.venv) is not."""
+    settings = (REPO_ROOT / "copier.yml").read_text(encoding="utf-8").split("\n---\n")[0]
+    last = yaml.safe_load(settings)["_migrations"][-1]
+    assert last["command"][-1].endswith("/hooks/conflicts.py")
+    template, project = tmp_path / "template", tmp_path / "project"
+    (template / "hooks").mkdir(parents=True)
+    (template / "copier.yml").write_text(
+        yaml.safe_dump({"_subdirectory": "files", "_migrations": [last]}), encoding="utf-8"
+    )
+    (template / "hooks" / "conflicts.py").write_bytes(
+        (REPO_ROOT / "hooks/conflicts.py").read_bytes()
+    )
+    (template / "files").mkdir()
+    (template / "files" / ".gitignore").write_text(".venv/\n")
+    answers = template / "files" / "{{ _copier_conf.answers_file }}.jinja"
+    answers.write_text("{{ _copier_answers | to_nice_yaml }}")
+    git(template, "init", "--quiet")
+    for version, line in ((V1, "first\n"), (V2, "the template's\n")):
+        (template / "files" / "notes.txt").write_text(line)
+        commit(template, version)
+        git(template, "tag", version)
+    run_ok(
+        [*COPIER, "copy", "--trust", f"--vcs-ref={V1}", str(template), str(project)],
+        tmp_path,
+        _env(),
+    )
+    git(project, "init", "--quiet")
+    (project / "notes.txt").write_text("the team's\n")
+    (project / "plain.txt").write_text("no markers, <<<<<<< mid-line\n")
+    commit(project, "project")
+    (project / ".venv").mkdir()
+    (project / ".venv" / "vendored.py").write_text("<<<<<<< a\n=======\n>>>>>>> b\n")
+
+    updated = subprocess.run(
+        [*COPIER, "update", "--trust", "--defaults"],
+        cwd=project,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert updated.returncode == 0, updated.stderr
+    assert "<<<<<<< before updating" in (project / "notes.txt").read_text()
+    assert updated.stderr.rstrip().endswith(
+        "copier update: 1 file(s) hold conflict markers; edit each to what you want, then"
+        " `git add -A` and commit (docs/updating.md, step 3):\n    notes.txt"
+    )
+    (project / "notes.txt").write_text("resolved\n")
+    assert _hook("conflicts.py", project).stderr == "copier update: no conflicts\n"
+
+
+def noop_revision(revision: str, down_revision: str, what: str) -> str:
+    """An Alembic revision file with nothing to run, as the generated project's lint wants it."""
+    return f'''"""{what}
+
+Revision ID: {revision}
+Revises: {down_revision}
+"""
+
+revision = "{revision}"
+down_revision: str | None = "{down_revision}"
+branch_labels: str | None = None
+depends_on: str | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
+'''
+
+
+def test_alembic_heads_hook_merges_the_template_and_the_team_heads(tmp_path: Path) -> None:
+    """The template's real revisions, and a team's revision on 0001 beside the template's 0002
+    (a service copied before 0002, updated after): two heads, which Alembic refuses to upgrade.
+    The hook writes one merge revision on both, once."""
+    versions = tmp_path / "src" / "demo" / "db" / "migrations" / "versions"
+    versions.mkdir(parents=True)
+    for revision in TEMPLATE_VERSIONS.glob("*.py"):
+        (versions / revision.name).write_bytes(revision.read_bytes())
+    team = noop_revision(TEAM_REVISION, "0001", "The team's own, on the template's 0001.")
+    (versions / f"{TEAM_REVISION}_team.py").write_text(team)
+    (tmp_path / ".copier-answers.yml").write_text("orm: sqlalchemy\npackage_name: demo\n")
+    hook = runpy.run_path(str(REPO_ROOT / "hooks" / "alembic_heads.py"))
+    assert hook["heads"](hook["revisions"](versions)) == ["0002", "a1b2c3d4e5f6"]
+
+    merged = _hook("alembic_heads.py", tmp_path, ".copier-answers.yml")
+    again = _hook("alembic_heads.py", tmp_path, ".copier-answers.yml")
+
+    assert merged.returncode == again.returncode == 0, merged.stderr
+    [merge] = versions.glob("*_merge_heads.py")
+    revision = runpy.run_path(str(merge))
+    assert revision["down_revision"] == ("0002", "a1b2c3d4e5f6")
+    assert hook["heads"](hook["revisions"](versions)) == [revision["revision"]]
+    assert (
+        "had 2 heads (0002, a1b2c3d4e5f6); wrote src/demo/db/migrations/versions/" in merged.stderr
+    )
+    assert again.stderr == ""
+    assert len(list(versions.glob("*_merge_heads.py"))) == 1
 
 
 def test_migration_hooks_are_idempotent(tmp_path: Path) -> None:
@@ -429,11 +552,19 @@ def test_update_to_the_next_version_keeps_every_user_edit(
     replace_once(project / SRC / "middleware.py", V1_MIDDLEWARE_LINE, USER_MIDDLEWARE_LINE)
     streaming = project / SRC / "streaming.py"
     streaming.write_text(streaming.read_text() + "\n\n" + USER_STREAMING_LINE)
+    versions = (project / SRC / REVISION).parent
+    head = max(path.name[:4] for path in versions.glob("*.py"))
+    team = noop_revision(TEAM_REVISION, head, "The team's own, on the template's last.")
+    (versions / f"{TEAM_REVISION}_team.py").write_text(team)
     commit(project, "Our changes")
 
     output = copier_update(project)
 
     assert f"Updating to template version {V2}" in output
+    # The template's new revision and the team's follow the same one: merged, so that the
+    # project's tests below can migrate.
+    assert f"had 2 heads ({V2_REVISION}, {TEAM_REVISION}); wrote" in output
+    assert len(list(versions.glob("*_merge_heads.py"))) == 1
     answers = recorded_answers(project)
     assert answers["_commit"] == V2
     # The renamed question kept its answer (without the migration: the new default).
@@ -475,8 +606,14 @@ def test_update_to_the_next_version_keeps_every_user_edit(
     resolve(project / middleware, keep="theirs")
     resolve(project / responses, keep="ours")
     git(project, "add", middleware, responses)
+    # test_migrations walks the history down and up again, through the merge revision.
     check_updated_project(
-        project, MEMORY, "tests/test_widgets.py", "tests/test_middleware.py", "tests/test_export.py"
+        project,
+        MEMORY,
+        "tests/test_widgets.py",
+        "tests/test_middleware.py",
+        "tests/test_export.py",
+        "tests/test_migrations.py",
     )
 
 
@@ -494,6 +631,7 @@ def test_update_without_template_change_changes_nothing(
     output = copier_update(project)
 
     assert f"Keeping template version {V2}" in output
+    assert "copier update: no conflicts" in output
     assert git(project, "status", "--porcelain", "--untracked-files=all") == ""
     assert git(project, "rev-parse", "HEAD") == head
 
@@ -649,6 +787,8 @@ def test_update_keeps_an_edited_twin_as_a_conflict(
 
     runner_path = f"{SRC}/bench/runner.py"
     assert f"{runner_path}: the template no longer ships this file and you had edited it" in output
+    # Not an unmerged path for git, listed at the end all the same.
+    assert f"(docs/updating.md, step 3):\n    {runner_path}\n" in output
     # The team's version on its side, nothing on the template's: keep it, or delete the file.
     assert conflicts(runner) == [(edited, "")]
     assert files_with_markers(project) == {runner_path}

@@ -1,45 +1,144 @@
 """Command line: serve, db upgrade and downgrade, seed, bench."""
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
 from rich.progress import Progress, TaskID
+from sqlalchemy.engine import make_url
+from typer.core import TyperGroup
 
 from .api.projects import LIST_NAMESPACE
 from .bench.command import bench
 from .cache import create_cache
 from .db import migrate
-from .db.engine import create_engine
+from .db.engine import SchemaBehind, create_engine
 from .db.seed import seed as seed_database
 from .logs import configure_logging
 from .server import HeaderLimitedHttpToolsProtocol
-from .settings import Settings, SettingsError, get_settings
+from .settings import UPGRADE_ADVICE, Settings, SettingsError, get_settings
 
 # What --reload watches: this package, not the working directory (its .venv alone holds
 # thousands of .py files, which uvicorn's polling reloader stats every quarter second).
 SOURCE_DIR = Path(__file__).resolve().parent
 
-app = typer.Typer(help=__doc__, no_args_is_help=True)
+
+class _ExplainedErrors(TyperGroup):
+    """Expected failures (a database that is missing or unreachable, Redis down, Prisma's CLI
+    not installed) end in one or two lines naming the fix and exit status 1; ``--debug`` (or
+    any other error) shows the traceback."""
+
+    # Any: the Context typer's groups take is its vendored click's (typer._click, private).
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            message = None if ctx.meta.get(_DEBUG) else explain(exc)
+            if message is None:
+                raise
+            typer.echo(f"error: {message}", err=True)
+            typer.echo(f"(`{ctx.info_name} --debug ...` shows the traceback)", err=True)
+            raise typer.Exit(1) from None
+
+
+_DEBUG = f"{__package__}.debug"
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, cls=_ExplainedErrors)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.command()(bench)
 
 
 @app.callback()
-def _check_settings() -> None:
+def _check_settings(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an expected error too.")
+    ] = False,
+) -> None:
+    ctx.meta[_DEBUG] = debug
     # Every command needs valid settings: say what is wrong in one line, not in a traceback.
     try:
         get_settings()
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+# SQLSTATEs with a fix to name: no such database, a refused role or password, and the server
+# unreachable, shutting down or out of connections.
+_NO_DATABASE = "3D000"
+_REFUSED_LOGIN = ("28000", "28P01")
+_UNREACHABLE = ("08", "57P01", "57P02", "57P03", "53300")
+# Prisma's db/migrate.py raises it, with the Prisma CLI's output; Alembic's has none.
+_MIGRATION_ERROR: type[Exception] | None = getattr(migrate, "MigrationError", None)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: causes, contexts and SQLAlchemy's ``orig``."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending += [current.__cause__, current.__context__, getattr(current, "orig", None)]
+
+
+def explain(exc: BaseException) -> str | None:
+    """One line saying what is wrong and how to fix it, for a failure a setup can cause; None
+    for anything else (a bug: its traceback is the useful answer)."""
+    try:
+        url = make_url(get_settings().database.url)
+    except SettingsError:  # the callback said so already, and exits 2
+        return None
+    host, port = url.host or "localhost", url.port or 5432
+    no_database = (
+        f"database {url.database} does not exist on {host}:{port}: create it"
+        f" (`createdb -h {host} -p {port} -U {url.username or 'postgres'} {url.database}`)"
+        " or point DATABASE_URL at another"
+    )
+    refused = f"PostgreSQL at {host}:{port} refused user {url.username}: fix DATABASE_URL"
+    unreachable = f"cannot reach PostgreSQL at {host}:{port}: start it, or fix DATABASE_URL"
+    for error in _chain(exc):
+        if _MIGRATION_ERROR is not None and isinstance(error, _MIGRATION_ERROR):
+            output = str(error)
+            if "does not exist" in output:
+                return no_database
+            if "Authentication failed" in output or "denied access" in output:
+                return refused
+            if "Can't reach database server" in output:
+                return unreachable
+            # Not found (`npm ci`), Node.js missing, or Prisma's own "Error: ..." line.
+            errors = [line for line in output.splitlines() if line.startswith("Error")]
+            return (errors[-1] if errors else output.splitlines()[0]).removeprefix("Error: ")
+        if isinstance(error, SchemaBehind):
+            return f"the database has no tables yet, or lacks migrations: {UPGRADE_ADVICE}"
+        sqlstate = str(getattr(error, "sqlstate", None) or "")
+        if sqlstate == _NO_DATABASE:
+            return no_database
+        if sqlstate in _REFUSED_LOGIN:
+            return refused
+        # redis-py's ConnectionError is not an OSError (and only Redis renders install it).
+        if type(error).__module__.startswith("redis.") and "Connection" in type(error).__name__:
+            return f"cannot reach Redis ({error}): start it, or fix REDIS_URL"
+        if sqlstate.startswith(_UNREACHABLE) or isinstance(
+            error, ConnectionError | socket.gaierror | TimeoutError
+        ):
+            return f"{unreachable} ({type(error).__name__})"
+    return None
 
 
 @app.command()
@@ -96,17 +195,38 @@ def _exit_cleanly(_signal: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
+@contextmanager
+def _no_outage_warning() -> Iterator[None]:
+    """The engine's outage warning speaks for a running service ("answering 503"); a command
+    ends with its own error line instead (_ExplainedErrors)."""
+    # The Redis cache's, too ("serving without cache"): it only exists in Redis renders.
+    logs = [
+        logging.getLogger(create_engine.__module__),
+        logging.getLogger(f"{__package__}.cache_redis"),
+    ]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for log, level in zip(logs, levels, strict=True):
+            log.setLevel(level)
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply migrations up to REVISION (default: the latest)."""
-    migrate.upgrade(get_settings().database.url, revision)
+    with _no_outage_warning():
+        migrate.upgrade(get_settings().database.url, revision)
     typer.echo(f"database at {revision}")
 
 
 @db_app.command("downgrade")
 def db_downgrade(revision: Annotated[str, typer.Argument()]) -> None:
     """Revert migrations down to REVISION ("base" removes every table)."""
-    migrate.downgrade(get_settings().database.url, revision)
+    with _no_outage_warning():
+        migrate.downgrade(get_settings().database.url, revision)
     typer.echo(f"database at {revision}")
 
 
@@ -119,7 +239,8 @@ def seed(
 ) -> None:
     """Bulk-insert demo data in batches, with a progress bar (seconds for 100k items)."""
     try:
-        asyncio.run(_seed(users=users, projects=projects, items=items, random_seed=random_seed))
+        with _no_outage_warning():
+            asyncio.run(_seed(users=users, projects=projects, items=items, random_seed=random_seed))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 
@@ -140,25 +261,31 @@ async def _seed(**counts: int) -> None:
     finally:
         await engine.dispose()
     if counts["projects"] or counts["items"]:
-        typer.echo(await _invalidate_project_pages(settings))
+        invalidated, message = await _invalidate_project_pages(settings)
+        if not invalidated:
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(1)
+        typer.echo(message)
 
 
-async def _invalidate_project_pages(settings: Settings) -> str:
+async def _invalidate_project_pages(settings: Settings) -> tuple[bool, str]:
     """A running service caches project pages and their total (api/projects.py), and a seed
-    changes both; project details keep their item counts (new items go to new projects)."""
+    changes both; project details keep their item counts (new items go to new projects).
+    Whether a running service shows the new data, and what to tell the user."""
     cache = create_cache(settings)
     try:
         if not cache.shared:
-            return (
+            return True, (
                 "cached project pages not invalidated: a running service's cache is in its own"
                 " memory; its project pages show what they held before the seed for up to"
                 f" {settings.cache.ttl_seconds} s (CACHE_TTL_SECONDS), or restart it"
             )
         if await cache.invalidate_namespace(LIST_NAMESPACE):
-            return "cached project pages invalidated"
-        return (
-            "warning: cached project pages not invalidated (the cache did not answer): a running"
-            f" service may show them for up to {settings.cache.ttl_seconds} s (CACHE_TTL_SECONDS)"
+            return True, "cached project pages invalidated"
+        return False, (
+            "seeded, but Redis did not answer (start it, or fix REDIS_URL): a running service"
+            f" may show its cached project pages for up to {settings.cache.ttl_seconds} s"
+            " (CACHE_TTL_SECONDS), or restart it"
         )
     finally:
         await cache.close()

@@ -11,6 +11,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from .api import api_router, files
 from .api.health import router as health_router
 from .db.engine import DatabaseUnavailable, SchemaBehind
+from .docs import add_docs
 from .errors import method_not_allowed, request_validation_error
 from .lifespan import lifespan
 from .logs import configure_logging
@@ -39,8 +40,16 @@ class Service(FastAPI):
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.app)
-    app = Service(title=settings.app.name, lifespan=lifespan, telemetry=telemetry_config(settings))
+    app = Service(
+        title=settings.app.name,
+        lifespan=lifespan,
+        telemetry=telemetry_config(settings),
+        # Served by docs.py, with their assets: FastAPI's own pages load them from a CDN.
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
+    add_docs(app)
     app.include_router(health_router)
     app.include_router(api_router)
     if settings.app.metrics_enabled:
@@ -78,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.app.max_body_bytes,
-        limits={uploads: settings.app.max_upload_bytes},
+        limits={uploads: settings.app.max_upload_bytes + files.MULTIPART_OVERHEAD_BYTES},
     )
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=GZIP_LEVEL)
     app.add_middleware(TimingMiddleware, slow_request_ms=settings.app.slow_request_ms)

@@ -28,6 +28,7 @@ from sqlalchemy import (
     case,
     cast,
     func,
+    inspect,
     literal,
     select,
 )
@@ -48,6 +49,10 @@ _SUPPORTED_TYPES = (Integer, String, Boolean, DateTime)
 Column = ColumnElement[Any] | QueryableAttribute[Any]
 
 
+def _name(table: Any) -> str:
+    return getattr(table, "__name__", None) or str(getattr(table, "name", table))
+
+
 def _expression(column: Column) -> ColumnElement[Any]:
     return column.__clause_element__() if isinstance(column, QueryableAttribute) else column
 
@@ -65,16 +70,31 @@ async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]
 
 
 class Shape:
-    """Where each field of ``model`` comes from: a column, or a ``Shape`` for a nested model.
-    Fields are given in the model's order, all of them, so the JSON keys are the model's."""
+    """Where each field of ``model`` comes from: by default the column of the same name in
+    ``table`` (a mapped class or a ``Table``), so a field added to the model is read as soon as
+    the table has its column; ``fields`` name the others (a column of another name or table, or
+    a ``Shape`` for a nested model). The JSON keys are the model's, in its order."""
 
-    def __init__(self, model: type[BaseModel], **fields: "Column | Shape") -> None:
-        if list(fields) != list(model.model_fields):
-            raise ValueError(
-                f"{model.__name__}: give every field in order: {list(model.model_fields)}"
-            )
+    def __init__(
+        self, model: type[BaseModel], table: Any = None, **fields: "Column | Shape"
+    ) -> None:
+        unknown = [name for name in fields if name not in model.model_fields]
+        if unknown:
+            raise ValueError(f"{model.__name__} has no field {', '.join(unknown)}")
+        columns = inspect(table).columns if table is not None else {}
         self.fields: dict[str, ColumnElement[Any] | Shape] = {}
-        for name, source in fields.items():
+        for name in model.model_fields:
+            source = fields.get(name)
+            if source is None:
+                source = columns.get(name)
+            if source is None:
+                fix = f"give it in the Shape ({name}=<column or Shape>)"
+                if table is None:
+                    raise ValueError(f"{model.__name__}.{name}: no source; {fix} or pass a table")
+                raise ValueError(
+                    f"{model.__name__}.{name}: {_name(table)} has no column {name}; {fix}"
+                    " or add the column (and its migration)"
+                )
             field = source if isinstance(source, Shape) else _expression(source)
             if not isinstance(field, Shape) and not isinstance(field.type, _SUPPORTED_TYPES):
                 raise TypeError(f"{model.__name__}.{name}: column type {field.type} unsupported")
