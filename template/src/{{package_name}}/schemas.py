@@ -2,7 +2,7 @@
 field here, so no endpoint can return them."""
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
 
@@ -47,6 +47,21 @@ class UserCreate(BaseModel):
     username: str = Field(min_length=3, max_length=50, pattern=r"^[a-zA-Z0-9_.-]+$")
     name: PlainText = Field(min_length=1, max_length=100)
     password: str = Field(min_length=8, max_length=256)
+
+
+class TokenPair(BaseModel):
+    """OAuth2's token response (RFC 6749 section 5.1), which /docs' Authorize button reads."""
+
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - a scheme name
+    expires_in: int = Field(description="Seconds until the access token expires")
+    refresh_token: str
+
+
+class RefreshRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    refresh_token: str = Field(min_length=1, max_length=200)
 
 
 class OwnerPublic(_FromRow):
