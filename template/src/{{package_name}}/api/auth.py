@@ -45,7 +45,7 @@ def _pair(resources: Resources, response: Response, user_id: int, refresh_token:
     )
 
 
-@router.post("/token", responses=documented(401, 413))
+@router.post("/token", responses=documented(400, 401, 413))
 async def sign_in(
     username: Login, password: Password, resources: ResourcesDep, response: Response
 ) -> TokenPair:
@@ -71,7 +71,7 @@ async def sign_in(
     return _pair(resources, response, user_id, token)
 
 
-@router.post("/refresh", responses=documented(401, 413))
+@router.post("/refresh", responses=documented(400, 401, 413))
 async def refresh(body: RefreshRequest, resources: ResourcesDep, response: Response) -> TokenPair:
     """A new pair for a refresh token, which is retired. A retired token presented again (a
     stolen copy, or a replay) retires every token descended from the same sign-in."""
