@@ -26,6 +26,8 @@ from .settings import AuthSettings, Settings
 # before its signature is looked at.
 ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ("exp", "iat", "sub", "jti", "iss", "aud")
+# Clocks of the replicas that sign and check a token may differ by this much (exp, nbf, iat).
+CLOCK_SKEW_SECONDS = 10
 # Ours are ~300 bytes; anything far longer is refused unread.
 MAX_TOKEN_CHARS = 2048
 TOKEN_URL = "/api/v1/auth/token"  # noqa: S105 - a path, not a secret
@@ -140,6 +142,7 @@ def user_id_of_token(settings: Settings, token: str) -> int | None:
             algorithms=[ALGORITHM],
             audience=settings.auth.audience,
             issuer=settings.auth.issuer,
+            leeway=CLOCK_SKEW_SECONDS,
             options={"require": list(REQUIRED_CLAIMS)},
         )
         user_id = int(claims["sub"])
@@ -188,3 +191,27 @@ async def current_user_id(request: Request, token: Annotated[str | None, Depends
 
 
 CurrentUserId = Annotated[int, Depends(current_user_id)]
+
+
+def caller_of(request: Request) -> int | None:
+    """The caller's id on routes that anonymous callers may use too: None without an
+    Authorization header, 401 for one that is not a valid bearer token (never silently
+    anonymous). A plain function, not a dependency: cached reads call it on every hit."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthorized("send Authorization: Bearer <access token>, or no Authorization")
+    settings: Settings = request.state.resources.settings
+    user_id = user_id_of_token(settings, token.strip())
+    if user_id is None:
+        raise unauthorized("the access token is invalid or expired")
+    return user_id
+
+
+async def optional_caller_id(request: Request) -> int | None:
+    return caller_of(request)
+
+
+OptionalCallerId = Annotated[int | None, Depends(optional_caller_id)]
