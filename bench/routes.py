@@ -10,21 +10,27 @@ from bench_service.lifespan import SessionDep
 from bench_service.pagination import OffsetDep, Page
 from bench_service.schemas import OwnerPublic, ProjectPublic
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import func, select
+from sqlalchemy import false, func, select
 
 router = APIRouter(prefix="/bench", tags=["bench"], include_in_schema=False)
 
 
 @router.get("/projects-naive")
 async def list_projects_naive(request: Request, session: SessionDep, params: OffsetDep) -> Response:
-    """``GET /api/v1/projects`` loaded the N+1 way: one owner query per project on the page.
+    """``GET /api/v1/projects`` (anonymous: public projects) loaded the N+1 way: one owner query
+    per project on the page.
 
     The owner relationship is ``lazy="raise"``, so the N+1 is spelled out as explicit selects; the
     JSON and headers are what the eager endpoint returns.
     """
-    total = await session.scalar(select(func.count()).select_from(Project))
+    public = Project.private.is_(false())
+    total = await session.scalar(select(func.count()).select_from(Project).where(public))
     projects = await session.scalars(
-        select(Project).order_by(Project.id).offset(params.offset).limit(params.page_size)
+        select(Project)
+        .where(public)
+        .order_by(Project.id)
+        .offset(params.offset)
+        .limit(params.page_size)
     )
     items = []
     for project in projects:
@@ -36,6 +42,7 @@ async def list_projects_naive(request: Request, session: SessionDep, params: Off
                 id=project.id,
                 name=project.name,
                 description=project.description,
+                private=project.private,
                 item_count=project.item_count,
                 created_at=project.created_at,
                 owner=OwnerPublic(id=owner.id, name=owner.name),

@@ -1,5 +1,5 @@
-"""Copy task (orm=prisma): generate the Python Prisma client from prisma/schema.prisma with aprisma,
-the same command README.md documents for after a schema change.
+"""Copy task and update migration (orm=prisma): generate the Python Prisma client from
+prisma/schema.prisma with aprisma, the same command README.md documents for after a schema change.
 
 Runs in the project's own environment (`uv run`, so the aprisma version is the one pinned in
 pyproject.toml). Idempotent: regenerating writes the same files. Without uv it says what to run

@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -210,15 +211,24 @@ def get(url: str, timeout: float = 5) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def send(method: str, url: str, body: dict) -> tuple[int, dict]:
+def send(method: str, url: str, body: dict, token: str) -> tuple[int, dict]:
     request = urllib.request.Request(
         url,
         data=json.dumps(body).encode(),
         method=method,
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", "authorization": f"Bearer {token}"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
         return response.status, json.loads(response.read())
+
+
+def sign_in(base: str, username: str) -> str:
+    """An access token of a seeded user (the seed's demo password, outside production)."""
+    form = urllib.parse.urlencode({"username": username, "password": "demo-password"}).encode()
+    request = urllib.request.Request(f"{base}/api/v1/auth/token", data=form, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        token: str = json.loads(response.read())["access_token"]
+    return token
 
 
 @dataclass
@@ -423,7 +433,12 @@ def test_replicas_behind_nginx_and_pgbouncer_survive_load_and_a_rolling_restart(
         for url in replica_urls:
             assert get(f"{url}/api/v1/projects/7")[0] == 200
         new_name = f"renamed {run_id}"
-        status, written = send("PATCH", f"{replica_urls[0]}/api/v1/projects/7", {"name": new_name})
+        # Only the owner writes: sign in as the seeded owner of project 7 (user<id>).
+        owner_id = json.loads(get(f"{replica_urls[0]}/api/v1/projects/7")[1])["owner"]["id"]
+        token = sign_in(replica_urls[2], f"user{owner_id}")
+        status, written = send(
+            "PATCH", f"{replica_urls[0]}/api/v1/projects/7", {"name": new_name}, token
+        )
         assert (status, written["name"]) == (200, new_name)
         for url in replica_urls[1:]:
             status, body = get(f"{url}/api/v1/projects/7")
@@ -431,7 +446,8 @@ def test_replicas_behind_nginx_and_pgbouncer_survive_load_and_a_rolling_restart(
         status, created = send(
             "POST",
             f"{replica_urls[1]}/api/v1/projects",
-            {"name": f"new {run_id}", "owner_id": 1},
+            {"name": f"new {run_id}"},
+            token,
         )
         assert status == 201
         for url in (replica_urls[0], replica_urls[2]):

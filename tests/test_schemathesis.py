@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -111,6 +113,15 @@ def served(project_dir: Path, slug: str, env: dict[str, str], log_path: Path) ->
         _stop_group(server)
 
 
+def access_token(base: str) -> str:
+    """Sign in as a seeded user (the seed's demo password, outside production)."""
+    form = urllib.parse.urlencode({"username": "user1", "password": "demo-password"}).encode()
+    request = urllib.request.Request(f"{base}/api/v1/auth/token", data=form, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own server
+        token: str = json.loads(response.read())["access_token"]
+    return token
+
+
 def schemathesis(base: str, cwd: Path, *options: str) -> str:
     result = run(
         [
@@ -173,7 +184,7 @@ def test_schemathesis_finds_no_failure(
         env = {
             key: value
             for key, value in project_env(project.combo).items()
-            if not key.startswith(("APP_", "DATABASE_", "CACHE_", "HTTP_", "PROMETHEUS_"))
+            if not key.startswith(("APP_", "AUTH_", "DATABASE_", "CACHE_", "HTTP_", "PROMETHEUS_"))
         }
         env.update(
             APP_ENVIRONMENT="test",
@@ -181,6 +192,8 @@ def test_schemathesis_finds_no_failure(
             APP_SLOW_REQUEST_MS="60000",
             DATABASE_URL=database_url,
             CACHE_KEY_PREFIX=prefix,
+            # The run is signed in with one token: it must outlive the run.
+            AUTH_ACCESS_TOKEN_SECONDS="7200",
             HTTP_UPSTREAM_URL=f"http://127.0.0.1:{rates.server_address[1]}",
         )
         if combo.cache_backend == "redis":
@@ -191,7 +204,9 @@ def test_schemathesis_finds_no_failure(
         log_path = tmp_path / "serve.log"
         with served(project.project_dir, project.slug, env, log_path) as base:
             assert _get(f"{base}/api/v1/rates?base=USD")[0] == 200
-            schemathesis(base, tmp_path)
+            # Signed in: the routes that need a caller are exercised, and the ignored_auth
+            # check probes each without the token and with a wrong one.
+            schemathesis(base, tmp_path, f"--header=Authorization: Bearer {access_token(base)}")
 
             rates.shutdown()  # the upstream goes away: 502, documented
             rates.server_close()

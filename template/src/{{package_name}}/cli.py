@@ -23,8 +23,10 @@ from .bench.command import bench
 from .cache import create_cache
 from .db import migrate
 from .db.engine import SchemaBehind, create_engine
+from .db.seed import DEMO_PASSWORD, UNUSABLE_PASSWORD_HASH
 from .db.seed import seed as seed_database
 from .logs import configure_logging
+from .security import hash_password
 from .server import HeaderLimitedHttpToolsProtocol
 from .settings import UPGRADE_ADVICE, Settings, SettingsError, get_settings
 
@@ -247,6 +249,12 @@ def seed(
 
 async def _seed(**counts: int) -> None:
     settings = get_settings()
+    if settings.app.environment == "production":
+        password_hash = UNUSABLE_PASSWORD_HASH
+        typer.echo("production: seeded users get no password (they cannot sign in)")
+    else:
+        password_hash = hash_password(settings.auth, DEMO_PASSWORD)
+        typer.echo(f"seeded users sign in as user<N> (or user<N>@example.com) / {DEMO_PASSWORD}")
     engine = create_engine(settings.database)
     try:
         with Progress() as progress:
@@ -257,7 +265,7 @@ async def _seed(**counts: int) -> None:
                     tasks[table] = progress.add_task(f"{table:<8}", total=total)
                 progress.advance(tasks[table], done)
 
-            await seed_database(engine, **counts, on_progress=advance)
+            await seed_database(engine, **counts, password_hash=password_hash, on_progress=advance)
     finally:
         await engine.dispose()
     if counts["projects"] or counts["items"]:

@@ -16,6 +16,8 @@ from .schemas import ErrorMessage
 
 _DESCRIPTIONS = {
     400: "The body could not be parsed",
+    401: "Not signed in, or the token is invalid or expired (WWW-Authenticate: Bearer)",
+    403: "Signed in, but not the owner",
     404: "Not found",
     409: "Conflicts with an existing row",
     413: "The body is over the size limit",

@@ -2,9 +2,17 @@
 field here, so no endpoint can return them."""
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StrictBool,
+    field_validator,
+)
 
 # Ids are INTEGER columns (32-bit on PostgreSQL). One bound on every database, so a request
 # the API accepts on SQLite is accepted on PostgreSQL too, and larger numbers are a 422 naming
@@ -49,6 +57,21 @@ class UserCreate(BaseModel):
     password: str = Field(min_length=8, max_length=256)
 
 
+class TokenPair(BaseModel):
+    """OAuth2's token response (RFC 6749 section 5.1), which /docs' Authorize button reads."""
+
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - a scheme name
+    expires_in: int = Field(description="Seconds until the access token expires")
+    refresh_token: str
+
+
+class RefreshRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    refresh_token: str = Field(min_length=1, max_length=200)
+
+
 class OwnerPublic(_FromRow):
     id: int
     name: str
@@ -58,6 +81,7 @@ class ProjectPublic(_FromRow):
     id: int
     name: str
     description: str
+    private: bool
     item_count: int
     created_at: UtcDatetime
     owner: OwnerPublic
@@ -68,7 +92,9 @@ class ProjectCreate(BaseModel):
 
     name: PlainText = Field(min_length=1, max_length=200)
     description: PlainText = Field(default="", max_length=10_000)
-    owner_id: RowId
+    # Visible to its owner only. The owner is the caller: the body names none. Strict: true or
+    # false, not 0 or "yes".
+    private: StrictBool = False
 
 
 def _offer_no_null(schema: dict[str, Any]) -> None:
@@ -90,8 +116,9 @@ class ProjectUpdate(BaseModel):
     description: Annotated[PlainText, Field(max_length=10_000)] | None = Field(
         default=None, json_schema_extra=_offer_no_null
     )
+    private: StrictBool | None = Field(default=None, json_schema_extra=_offer_no_null)
 
-    @field_validator("name", "description", mode="before")
+    @field_validator("name", "description", "private", mode="before")
     @classmethod
     def _not_null(cls, value: Any) -> Any:
         # Runs only for fields that were sent: the None defaults are not validated.

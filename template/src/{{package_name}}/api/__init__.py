@@ -1,7 +1,7 @@
 from fastapi import APIRouter
 
-from . import dashboard, files, items, projects, rates, users
+from . import auth, dashboard, files, items, projects, rates, users
 
 api_router = APIRouter(prefix="/api/v1")
-for module in (users, projects, items, dashboard, files, rates):
+for module in (auth, users, projects, items, dashboard, files, rates):
     api_router.include_router(module.router)

@@ -11,7 +11,8 @@ from ..db import queries
 from ..db.queries import Db
 from ..errors import documented
 from ..lifespan import ResourcesDep
-from ..schemas import Dashboard, ProjectSummary, RowId
+from ..schemas import Dashboard, RowId
+from ..security import OptionalCallerId
 
 router = APIRouter(prefix="/dashboard", tags=["dashboard"], responses=documented(503))
 
@@ -19,21 +20,29 @@ T = TypeVar("T")
 RECENT_PROJECTS = 10
 
 
-async def _recent_projects(db: Db, user_id: int) -> list[ProjectSummary]:
-    return await queries.recent_projects(db, user_id, limit=RECENT_PROJECTS)
+@router.get("/{user_id:int}", responses=documented(401, 404))
+async def get_dashboard(
+    user_id: RowId, resources: ResourcesDep, viewer: OptionalCallerId
+) -> Dashboard:
+    """A user's recent projects and totals; their private projects only for themselves."""
 
-
-@router.get("/{user_id:int}", responses=documented(404))
-async def get_dashboard(user_id: RowId, resources: ResourcesDep) -> Dashboard:
-    async def on_own_db(query: Callable[[Db, int], Awaitable[T]]) -> T:
+    async def on_own_db(query: Callable[[Db], Awaitable[T]]) -> T:
         async with queries.open_db(resources) as db:
-            return await query(db, user_id)
+            return await query(db)
 
     try:
         async with asyncio.TaskGroup() as group:
-            user = group.create_task(on_own_db(queries.get_user))
-            recent = group.create_task(on_own_db(_recent_projects))
-            stats = group.create_task(on_own_db(queries.user_stats))
+            user = group.create_task(on_own_db(lambda db: queries.get_user(db, user_id)))
+            recent = group.create_task(
+                on_own_db(
+                    lambda db: queries.recent_projects(
+                        db, user_id, limit=RECENT_PROJECTS, viewer=viewer
+                    )
+                )
+            )
+            stats = group.create_task(
+                on_own_db(lambda db: queries.user_stats(db, user_id, viewer=viewer))
+            )
     except ExceptionGroup as failed:
         # The group has cancelled the other queries; the first failure is the answer (a pool
         # timeout or an unreachable database is then the same 503 as on every other route).

@@ -11,6 +11,7 @@ from ..db import queries
 from ..db.export import export
 from ..errors import documented
 from ..lifespan import ResourcesDep
+from ..security import OptionalCallerId
 from ..streaming import ClosingStreamingResponse
 
 router = APIRouter(prefix="/items", tags=["items"], responses=documented(503))
@@ -24,18 +25,21 @@ class ExportFormat(StrEnum):
 @router.get(
     "/export",
     response_class=ClosingStreamingResponse,
-    responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}},
+    responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}, **documented(401)},
 )
 async def export_items(
     resources: ResourcesDep,
+    viewer: OptionalCallerId,
     export_format: Annotated[ExportFormat, Query(alias="format")] = ExportFormat.ndjson,
 ) -> ClosingStreamingResponse:
-    """Every item, streamed: memory stays flat whatever the row count."""
+    """Every item the caller may see (none of another user's private projects), streamed:
+    memory stays flat whatever the row count."""
     # Checked out here, before the response starts: an exhausted pool is the same 503 +
     # Retry-After as on every route, not a 500 after the headers went out.
     conn = await resources.engine.connect()
     batch_size = resources.settings.app.export_batch_size
-    chunks = export(conn, queries.EXPORT_QUERY, export_format.value, batch_size=batch_size)
+    query = queries.export_query(viewer)
+    chunks = export(conn, query, export_format.value, batch_size=batch_size)
     try:
         # The statement runs up to its first rows before the response starts: its time is in
         # Server-Timing, and its failure is answered as on every route, not as a cut stream.

@@ -1,5 +1,10 @@
 """Projects: eager-loaded owners, offset and keyset pages, cached reads, invalidating writes,
-and a background recount."""
+and a background recount.
+
+Who sees what: a private project is its owner's alone (to anyone else it does not exist: 404);
+only the owner writes (403 on a public project, 404 on a private one; 401 without a token). The
+shared cache holds what an anonymous caller sees; a signed-in caller's pages are cached under
+their user id (http_cache.py)."""
 
 import logging
 
@@ -10,8 +15,8 @@ from ..db import queries
 from ..db.engine import DatabaseUnavailable
 from ..db.json_rows import json_array
 from ..db.queries import DbDep
-from ..errors import documented, invalid
-from ..http_cache import cached_json, json_with_etag
+from ..errors import documented
+from ..http_cache import VARY, cached_json, json_with_etag
 from ..lifespan import CacheDep, Resources, ResourcesDep, resources_of
 from ..pagination import (
     CursorPage,
@@ -24,10 +29,13 @@ from ..pagination import (
     page_json,
 )
 from ..schemas import ProjectCreate, ProjectPublic, ProjectUpdate, RowId, TaskAccepted
+from ..security import CurrentUserId, caller_of, unauthorized
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/projects", tags=["projects"], responses=documented(503))
+# Reads take an optional token: /docs sends it when authorized, and anonymous calls stay valid.
+OPTIONAL_TOKEN: dict[str, object] = {"security": [{"OAuth2PasswordBearer": []}, {}]}
 
 LIST_NAMESPACE = "projects-list"
 ProjectId = RowId
@@ -42,76 +50,150 @@ async def invalidate_project(cache: Cache, project_id: int) -> None:
     await cache.invalidate_namespace(LIST_NAMESPACE)
 
 
-async def _total(resources: Resources) -> int:
-    """The project count, cached in the list namespace: every write that can change it
-    invalidates that namespace, so a page never shows a count older than its items."""
+def _viewer_parts(viewer: int | None) -> tuple[object, ...]:
+    # What a signed-in caller sees includes their private projects: their own keys.
+    return () if viewer is None else ("user", viewer)
+
+
+async def _total(resources: Resources, viewer: int | None) -> int:
+    """The count of projects ``viewer`` sees, cached in the list namespace: every write that
+    can change it invalidates that namespace, so a page never shows a count older than its
+    items."""
     cache = resources.cache
 
     async def count() -> bytes:
-        return str(await queries.count_projects(resources)).encode()
+        return str(await queries.count_projects(resources, viewer)).encode()
 
-    return int(await cache.get_or_set(await cache.namespace_key(LIST_NAMESPACE, "total"), count))
-
-
-async def _load_page(resources: Resources, params: OffsetParams) -> bytes:
-    items = await queries.project_page_json(resources, offset=params.offset, limit=params.page_size)
-    return page_json(total=await _total(resources), params=params, items=items)
+    key = await cache.namespace_key(LIST_NAMESPACE, "total", *_viewer_parts(viewer))
+    return int(await cache.get_or_set(key, count))
 
 
-@router.get("", response_model=Page[ProjectPublic], responses=documented(304))
+async def _load_page(resources: Resources, params: OffsetParams, viewer: int | None) -> bytes:
+    items = await queries.project_page_json(
+        resources, offset=params.offset, limit=params.page_size, viewer=viewer
+    )
+    return page_json(total=await _total(resources, viewer), params=params, items=items)
+
+
+@router.get(
+    "",
+    response_model=Page[ProjectPublic],
+    responses=documented(304, 401),
+    openapi_extra=OPTIONAL_TOKEN,
+)
 async def list_projects(request: Request, params: OffsetDep) -> Response:
     resources = resources_of(request)
+    viewer = caller_of(request)
 
     async def load() -> bytes:
-        return await _load_page(resources, params)
+        return await _load_page(resources, params, viewer)
 
     if params.page > resources.settings.cache.cached_list_pages:
-        return json_with_etag(request, await load())
+        return json_with_etag(request, await load(), viewer=viewer)
     cache = resources.cache
-    key = await cache.namespace_key(LIST_NAMESPACE, params.page, params.page_size)
-    return await cached_json(request, cache, key, load)
+    key = await cache.namespace_key(
+        LIST_NAMESPACE, *_viewer_parts(viewer), params.page, params.page_size
+    )
+    return await cached_json(request, cache, key, load, viewer=viewer)
 
 
-@router.get("/cursor", response_model=CursorPage[ProjectPublic])
-async def list_projects_by_cursor(resources: ResourcesDep, params: KeysetDep) -> Response:
-    rows = await queries.projects_after_json(resources, params.after_id, limit=params.limit + 1)
+@router.get(
+    "/cursor",
+    response_model=CursorPage[ProjectPublic],
+    responses=documented(401),
+    openapi_extra=OPTIONAL_TOKEN,
+)
+async def list_projects_by_cursor(
+    request: Request, resources: ResourcesDep, params: KeysetDep
+) -> Response:
+    viewer = caller_of(request)
+    rows = await queries.projects_after_json(
+        resources, params.after_id, limit=params.limit + 1, viewer=viewer
+    )
     has_more = len(rows) > params.limit
     rows = rows[: params.limit]
     cursor = next_cursor(resources.settings, rows[-1].keys[0]) if has_more else None
-    return Response(cursor_page_json(json_array(rows), cursor), media_type="application/json")
+    headers = {"Vary": VARY}
+    if viewer is not None:
+        headers["Cache-Control"] = "private"
+    return Response(
+        cursor_page_json(json_array(rows), cursor), media_type="application/json", headers=headers
+    )
 
 
 def _not_found(project_id: int) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"project {project_id} not found")
 
 
-@router.get("/{project_id:int}", response_model=ProjectPublic, responses=documented(304, 404))
+class _PrivateProject(Exception):
+    """Raised by a load instead of returning a private project: it never enters the shared
+    cache, and only its owner gets it."""
+
+    def __init__(self, body: bytes, owner_id: int) -> None:
+        self.body = body
+        self.owner_id = owner_id
+
+
+@router.get(
+    "/{project_id:int}",
+    response_model=ProjectPublic,
+    responses=documented(304, 401, 404),
+    openapi_extra=OPTIONAL_TOKEN,
+)
 async def get_project(project_id: ProjectId, request: Request) -> Response:
     resources = resources_of(request)
     cache = resources.cache
+    viewer = caller_of(request)
 
     async def load() -> bytes:
         project = await queries.get_project_json(resources, project_id)
         if project is None:
             raise _not_found(project_id)
-        return project
+        owner_id, private = project.keys
+        if private:
+            raise _PrivateProject(project.json, owner_id)
+        return project.json
 
-    return await cached_json(request, cache, project_key(cache, project_id), load)
+    try:
+        # A public project's body is the same for everyone: the shared key serves all callers.
+        key = project_key(cache, project_id)
+        return await cached_json(request, cache, key, load, viewer=viewer)
+    except _PrivateProject as private:
+        if viewer is None or private.owner_id != viewer:
+            raise _not_found(project_id) from None
+        return json_with_etag(request, private.body, viewer=viewer)  # the owner's: not cached
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=documented(400, 413))
-async def create_project(body: ProjectCreate, db: DbDep, cache: CacheDep) -> ProjectPublic:
-    project = await queries.create_project(db, body)
-    if project is None:
-        raise invalid(("body", "owner_id"), f"user {body.owner_id} not found")
+async def _check_owner(db: queries.Db, project_id: int, caller: int) -> None:
+    """Only the owner writes: to anyone else a private project does not exist (404), a
+    public one is forbidden (403)."""
+    found = await queries.project_owner(db, project_id)
+    if found is None:
+        raise _not_found(project_id)
+    owner_id, private = found
+    if owner_id != caller:
+        if private:
+            raise _not_found(project_id)
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"project {project_id} is not yours")
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, responses=documented(400, 401, 413))
+async def create_project(
+    body: ProjectCreate, caller: CurrentUserId, db: DbDep, cache: CacheDep
+) -> ProjectPublic:
+    """A project owned by the caller."""
+    project = await queries.create_project(db, caller, body)
+    if project is None:  # the token's user was deleted since it was issued
+        raise unauthorized("the access token's user no longer exists")
     await cache.invalidate_namespace(LIST_NAMESPACE)
     return project
 
 
-@router.patch("/{project_id:int}", responses=documented(400, 404, 413))
+@router.patch("/{project_id:int}", responses=documented(400, 401, 403, 404, 413))
 async def update_project(
-    project_id: ProjectId, body: ProjectUpdate, db: DbDep, cache: CacheDep
+    project_id: ProjectId, body: ProjectUpdate, caller: CurrentUserId, db: DbDep, cache: CacheDep
 ) -> ProjectPublic:
+    await _check_owner(db, project_id, caller)
     project = await queries.update_project(db, project_id, body.model_dump(exclude_unset=True))
     if project is None:
         raise _not_found(project_id)
@@ -120,9 +202,14 @@ async def update_project(
 
 
 @router.delete(
-    "/{project_id:int}", status_code=status.HTTP_204_NO_CONTENT, responses=documented(404)
+    "/{project_id:int}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=documented(401, 403, 404),
 )
-async def delete_project(project_id: ProjectId, db: DbDep, cache: CacheDep) -> None:
+async def delete_project(
+    project_id: ProjectId, caller: CurrentUserId, db: DbDep, cache: CacheDep
+) -> None:
+    await _check_owner(db, project_id, caller)
     if not await queries.delete_project(db, project_id):
         raise _not_found(project_id)
     await invalidate_project(cache, project_id)
@@ -145,15 +232,17 @@ async def recount_items(resources: Resources, project_id: int) -> None:
 
 
 @router.post(
-    "/{project_id:int}/recount", status_code=status.HTTP_202_ACCEPTED, responses=documented(404)
+    "/{project_id:int}/recount",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=documented(401, 403, 404),
 )
 async def schedule_recount(
     project_id: ProjectId,
+    caller: CurrentUserId,
     db: DbDep,
     resources: ResourcesDep,
     background_tasks: BackgroundTasks,
 ) -> TaskAccepted:
-    if not await queries.project_exists(db, project_id):
-        raise _not_found(project_id)
+    await _check_owner(db, project_id, caller)
     background_tasks.add_task(recount_items, resources, project_id)
     return TaskAccepted(detail=f"item count of project {project_id} is being recomputed")

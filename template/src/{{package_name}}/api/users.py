@@ -1,24 +1,17 @@
 """Users: only the columns a response needs are fetched; the password hash never leaves."""
 
-import hashlib
-import secrets
-
 import anyio
 from fastapi import APIRouter, HTTPException, status
 
 from ..db import queries
 from ..db.queries import DbDep
 from ..errors import documented
+from ..lifespan import SettingsDep
 from ..pagination import OffsetDep, Page
 from ..schemas import RowId, UserCreate, UserPublic
+from ..security import CurrentUserId, hash_password, unauthorized
 
 router = APIRouter(prefix="/users", tags=["users"], responses=documented(503))
-
-
-def hash_password(password: str) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
-    return f"scrypt$16384$8$1${salt.hex()}${digest.hex()}"
 
 
 @router.get("")
@@ -31,6 +24,15 @@ async def list_users(db: DbDep, params: OffsetDep) -> Page[UserPublic]:
     )
 
 
+@router.get("/me", responses=documented(401))
+async def get_me(user_id: CurrentUserId, db: DbDep) -> UserPublic:
+    """The signed-in caller."""
+    user = await queries.get_user(db, user_id)
+    if user is None:  # deleted since the token was issued
+        raise unauthorized("the access token's user no longer exists")
+    return user
+
+
 @router.get("/{user_id:int}", responses=documented(404))
 async def get_user(user_id: RowId, db: DbDep) -> UserPublic:
     user = await queries.get_user(db, user_id)
@@ -40,11 +42,11 @@ async def get_user(user_id: RowId, db: DbDep) -> UserPublic:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=documented(400, 409, 413))
-async def create_user(body: UserCreate, db: DbDep) -> UserPublic:
+async def create_user(body: UserCreate, db: DbDep, settings: SettingsDep) -> UserPublic:
     if await queries.email_or_username_taken(db, email=body.email, username=body.username):
         raise HTTPException(status.HTTP_409_CONFLICT, "email or username is already taken")
-    # scrypt is deliberately slow: keep it off the event loop.
-    password_hash = await anyio.to_thread.run_sync(hash_password, body.password)
+    # Argon2 is deliberately slow: keep it off the event loop.
+    password_hash = await anyio.to_thread.run_sync(hash_password, settings.auth, body.password)
     user = await queries.create_user(
         db, email=body.email, username=body.username, name=body.name, password_hash=password_hash
     )

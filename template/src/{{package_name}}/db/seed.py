@@ -9,21 +9,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .models import Base, Item, Project, User
 
 BATCH_SIZE = 10_000
-# Seeded accounts cannot log in: "!" is never the output of the password hasher.
+# Without a password hash given, seeded accounts cannot sign in: "!" is no hasher's output.
 UNUSABLE_PASSWORD_HASH = "!"  # noqa: S105
+# The CLI's `seed` gives every seeded user this password outside production (README.md), so a
+# developer can sign in as user1 at once. Published: never a password of real data.
+DEMO_PASSWORD = "demo-password"  # noqa: S105
 
 _items_of_project = (
     select(func.count()).where(Item.project_id == Project.id).correlate(Project).scalar_subquery()
 )
 
 
-def _user_row(n: int) -> dict[str, object]:
+def _user_row(n: int, password_hash: str) -> dict[str, object]:
     return {
         "email": f"user{n}@example.com",
         "username": f"user{n}",
         "name": f"User {n}",
         "role": "admin" if n % 50 == 0 else "member",
-        "password_hash": UNUSABLE_PASSWORD_HASH,
+        "password_hash": password_hash,
     }
 
 
@@ -34,11 +37,12 @@ async def seed(
     projects: int,
     items: int,
     random_seed: int = 42,
+    password_hash: str = UNUSABLE_PASSWORD_HASH,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> None:
     """Append ``users`` users, ``projects`` projects owned by them and ``items`` items in them,
     in batches of multi-row INSERTs; then set each project's denormalized item_count and
-    gather planner statistics."""
+    gather planner statistics. Every user gets ``password_hash`` (one hash for all: demo data)."""
     if users < 1 and (projects or items):
         raise ValueError("projects need at least one user to own them")
     if projects < 1 and items:
@@ -66,7 +70,9 @@ async def seed(
                     on_progress(table.__tablename__, len(rows), count)
             return sorted(ids)
 
-        user_ids = await insert_rows(User, users, lambda n: _user_row(first_user + n))
+        user_ids = await insert_rows(
+            User, users, lambda n: _user_row(first_user + n, password_hash)
+        )
 
         def project_row(n: int) -> dict[str, object]:
             owner = rng.choice(user_ids)

@@ -1,0 +1,94 @@
+"""Sign-in: the OAuth2 password flow (an access token and a refresh token), rotation of the
+refresh token, and sign-out. Passwords are checked in a worker thread: Argon2 is slow on purpose."""
+
+from datetime import timedelta
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Form, Response, status
+
+from ..db import accounts
+from ..errors import documented
+from ..lifespan import Resources, ResourcesDep
+from ..schemas import RefreshRequest, TokenPair
+from ..security import (
+    CurrentUserId,
+    create_access_token,
+    new_refresh_token,
+    new_token_family,
+    refresh_token_digest,
+    unauthorized,
+    verify_password,
+)
+
+router = APIRouter(prefix="/auth", tags=["auth"], responses=documented(503))
+
+# Form fields of OAuth2's password grant; other fields it sends (grant_type, scope) are ignored.
+Login = Annotated[
+    str, Form(min_length=1, max_length=255, pattern=r"^[^\x00]*$", description="Username or email")
+]
+Password = Annotated[str, Form(min_length=1, max_length=256)]
+
+
+def _refresh_lifetime(resources: Resources) -> timedelta:
+    return timedelta(days=resources.settings.auth.refresh_token_days)
+
+
+def _pair(resources: Resources, response: Response, user_id: int, refresh_token: str) -> TokenPair:
+    # Tokens must never be stored by a cache on the way (RFC 6749, section 5.1).
+    response.headers["Cache-Control"] = "no-store"
+    settings = resources.settings
+    return TokenPair(
+        access_token=create_access_token(settings, user_id),
+        expires_in=settings.auth.access_token_seconds,
+        refresh_token=refresh_token,
+    )
+
+
+@router.post("/token", responses=documented(400, 401, 413))
+async def sign_in(
+    username: Login, password: Password, resources: ResourcesDep, response: Response
+) -> TokenPair:
+    """Sign in with a username or email and a password."""
+    found = await accounts.credentials(resources.engine, username)
+    stored = None if found is None else found[1]
+    valid, rehashed = await anyio.to_thread.run_sync(
+        verify_password, resources.settings.auth, password, stored
+    )
+    if found is None or not valid:
+        raise unauthorized("incorrect username or password")
+    user_id = found[0]
+    if rehashed is not None:  # an older format or cost: store Argon2id with today's cost
+        await accounts.replace_password_hash(resources.engine, user_id, found[1], rehashed)
+    token = new_refresh_token()
+    await accounts.add_refresh_token(
+        resources.engine,
+        user_id=user_id,
+        digest=refresh_token_digest(token),
+        family_id=new_token_family(),
+        lifetime=_refresh_lifetime(resources),
+    )
+    return _pair(resources, response, user_id, token)
+
+
+@router.post("/refresh", responses=documented(400, 401, 413))
+async def refresh(body: RefreshRequest, resources: ResourcesDep, response: Response) -> TokenPair:
+    """A new pair for a refresh token, which is retired. A retired token presented again (a
+    stolen copy, or a replay) retires every token descended from the same sign-in."""
+    token = new_refresh_token()
+    user_id = await accounts.rotate_refresh_token(
+        resources.engine,
+        digest=refresh_token_digest(body.refresh_token),
+        next_digest=refresh_token_digest(token),
+        lifetime=_refresh_lifetime(resources),
+    )
+    if user_id is None:
+        raise unauthorized("the refresh token is invalid, expired or already used")
+    return _pair(resources, response, user_id, token)
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=documented(401))
+async def sign_out(user_id: CurrentUserId, resources: ResourcesDep) -> None:
+    """Retire every refresh token of the caller. Access tokens already issued stay valid until
+    they expire (AUTH_ACCESS_TOKEN_SECONDS)."""
+    await accounts.retire_refresh_tokens(resources.engine, user_id)

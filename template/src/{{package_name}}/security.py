@@ -1,0 +1,217 @@
+"""Sign-in's cryptography, all of it from kept libraries: passwords hashed with Argon2id (pwdlib),
+access tokens as short-lived JWTs (PyJWT, one pinned algorithm, every claim required and
+checked), refresh tokens as random strings of which the database keeps only a SHA-256 digest.
+
+Password hashes written before sign-in existed (``scrypt$...``, hashlib's scrypt) still verify
+and are replaced by Argon2id at the next sign-in (api/auth.py)."""
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Annotated
+
+import jwt
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import OAuth2PasswordBearer
+from pwdlib import PasswordHash
+from pwdlib.exceptions import HashVerificationError, UnknownHashError
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+from .settings import AuthSettings, Settings
+
+# The one algorithm a token may name: a token saying "none", "RS256" or anything else is refused
+# before its signature is looked at.
+ALGORITHM = "HS256"
+REQUIRED_CLAIMS = ("exp", "iat", "sub", "jti", "iss", "aud")
+# Clocks of the replicas that sign and check a token may differ by this much (exp, nbf, iat).
+CLOCK_SKEW_SECONDS = 10
+# Ours are ~300 bytes; anything far longer is refused unread.
+MAX_TOKEN_CHARS = 2048
+TOKEN_URL = "/api/v1/auth/token"  # noqa: S105 - a path, not a secret
+
+
+class LegacyScryptHasher:
+    """Verifies the ``scrypt$N$r$p$salt$digest`` hashes of earlier versions (hashlib's scrypt),
+    so those users can sign in once more and be rehashed with Argon2id. It never makes new ones."""
+
+    PREFIX = "scrypt$"
+
+    @classmethod
+    def identify(cls, hash: str | bytes) -> bool:
+        text = hash.decode(errors="replace") if isinstance(hash, bytes) else hash
+        return text.startswith(cls.PREFIX)
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        raise NotImplementedError("scrypt hashes are only verified; new hashes are Argon2id")
+
+    def verify(self, password: str | bytes, hash: str | bytes) -> bool:
+        text = hash.decode(errors="replace") if isinstance(hash, bytes) else hash
+        try:
+            _, n, r, p, salt, digest = text.split("$")
+            cost, block, parallel = int(n), int(r), int(p)
+            expected, salt_bytes = bytes.fromhex(digest), bytes.fromhex(salt)
+        except ValueError:
+            return False
+        if not (cost <= 2**17 and block <= 16 and parallel <= 4):  # bounded work per attempt
+            return False
+        secret = password.encode() if isinstance(password, str) else password
+        actual = hashlib.scrypt(
+            secret, salt=salt_bytes, n=cost, r=block, p=parallel, maxmem=2**28, dklen=len(expected)
+        )
+        return hmac.compare_digest(actual, expected)
+
+    def check_needs_rehash(self, hash: str | bytes) -> bool:
+        return True
+
+
+@lru_cache(maxsize=4)
+def _password_hash(time_cost: int, memory_kib: int, parallelism: int) -> PasswordHash:
+    argon2 = Argon2Hasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
+    return PasswordHash((argon2, LegacyScryptHasher()))
+
+
+def password_hash(settings: AuthSettings) -> PasswordHash:
+    """Argon2id with the configured cost first (new hashes), then the legacy scrypt verifier."""
+    return _password_hash(
+        settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
+    )
+
+
+def hash_password(settings: AuthSettings, password: str) -> str:
+    """Deliberately slow (tens of milliseconds): call it in a worker thread."""
+    return password_hash(settings).hash(password)
+
+
+@lru_cache(maxsize=4)
+def _decoy_hash(time_cost: int, memory_kib: int, parallelism: int) -> str:
+    return _password_hash(time_cost, memory_kib, parallelism).hash(secrets.token_hex(16))
+
+
+def verify_password(
+    settings: AuthSettings, password: str, stored: str | None
+) -> tuple[bool, str | None]:
+    """Whether ``password`` matches ``stored``, and the hash to store instead when it is an older
+    format or cost. ``stored`` None (no such user) or unusable (seeded without a password) costs
+    one Argon2 verification too, so the answer's timing does not tell which usernames exist."""
+    hasher = password_hash(settings)
+    if stored is None or not any(h.identify(stored) for h in hasher.hashers):
+        decoy = _decoy_hash(
+            settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
+        )
+        hasher.verify(password, decoy)
+        return False, None
+    try:
+        return hasher.verify_and_update(password, stored)
+    except (UnknownHashError, HashVerificationError):  # a damaged hash: no password matches it
+        return False, None
+
+
+# --- access tokens
+
+
+def _signing_key(settings: Settings) -> str:
+    return settings.app.secret_key.get_secret_value()
+
+
+def create_access_token(settings: Settings, user_id: int) -> str:
+    now = datetime.now(UTC)
+    claims = {
+        "sub": str(user_id),
+        "iat": now,
+        "exp": now + timedelta(seconds=settings.auth.access_token_seconds),
+        "jti": uuid.uuid4().hex,
+        "iss": settings.auth.issuer,
+        "aud": settings.auth.audience,
+    }
+    return jwt.encode(claims, _signing_key(settings), algorithm=ALGORITHM)
+
+
+def user_id_of_token(settings: Settings, token: str) -> int | None:
+    """The user id an access token names; None for anything that is not a valid, current token
+    of this service (bad signature or algorithm, expired, not yet valid, another issuer or
+    audience, a claim missing, too long)."""
+    if len(token) > MAX_TOKEN_CHARS:
+        return None
+    try:
+        claims = jwt.decode(
+            token,
+            _signing_key(settings),
+            algorithms=[ALGORITHM],
+            audience=settings.auth.audience,
+            issuer=settings.auth.issuer,
+            leeway=CLOCK_SKEW_SECONDS,
+            options={"require": list(REQUIRED_CLAIMS)},
+        )
+        user_id = int(claims["sub"])
+    except (jwt.InvalidTokenError, ValueError, TypeError):
+        return None
+    return user_id if user_id > 0 else None
+
+
+# --- refresh tokens
+
+
+def new_refresh_token() -> str:
+    """256 random bits: opaque to the client, and only its digest is stored."""
+    return secrets.token_urlsafe(32)
+
+
+def refresh_token_digest(token: str) -> str:
+    # A fast hash is right here: the token is random, not a password a dictionary could guess.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token_family() -> str:
+    return uuid.uuid4().hex
+
+
+# --- the caller
+
+bearer = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
+
+
+def unauthorized(detail: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+async def current_user_id(request: Request, token: Annotated[str | None, Depends(bearer)]) -> int:
+    """The signed-in caller's id, from ``Authorization: Bearer <access token>``; 401 without."""
+    if token is None:
+        raise unauthorized("not signed in: send Authorization: Bearer <access token>")
+    settings: Settings = request.state.resources.settings
+    user_id = user_id_of_token(settings, token)
+    if user_id is None:
+        raise unauthorized("the access token is invalid or expired")
+    return user_id
+
+
+CurrentUserId = Annotated[int, Depends(current_user_id)]
+
+
+def caller_of(request: Request) -> int | None:
+    """The caller's id on routes that anonymous callers may use too: None without an
+    Authorization header, 401 for one that is not a valid bearer token (never silently
+    anonymous). A plain function, not a dependency: cached reads call it on every hit."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthorized("send Authorization: Bearer <access token>, or no Authorization")
+    settings: Settings = request.state.resources.settings
+    user_id = user_id_of_token(settings, token.strip())
+    if user_id is None:
+        raise unauthorized("the access token is invalid or expired")
+    return user_id
+
+
+async def optional_caller_id(request: Request) -> int | None:
+    return caller_of(request)
+
+
+OptionalCallerId = Annotated[int | None, Depends(optional_caller_id)]

@@ -1,0 +1,2 @@
+-- AlterTable
+ALTER TABLE "projects" ADD COLUMN "private" BOOLEAN NOT NULL DEFAULT false;
