@@ -14,6 +14,7 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import internal_error, shutting_down
@@ -116,6 +117,9 @@ class AccessLogMiddleware:
     well). A request whose response had not started is answered 503 with ``Retry-After``, the
     next instance will take it; uvicorn's traceback of the cancellation is left out of the log
     (logs.py).
+
+    A client that leaves before its request is complete is logged 499 (nginx's "client closed
+    request"), or 408 when the server timed its body out (server.py), without a traceback.
     """
 
     def __init__(
@@ -155,6 +159,11 @@ class AccessLogMiddleware:
         cut = ""
         try:
             await self.app(scope, receive, send_with_request_id)
+        except ClientDisconnect:
+            # The client left, or stalled mid-body and the server answered 408 (server.py), before
+            # the request was complete: nothing for the app to answer, no error of the service.
+            if not started:
+                status = 408 if scope.get("request_timed_out") else 499
         except asyncio.CancelledError:
             cut = f"cut by shutdown after {body_bytes} body bytes"
             if not started:
