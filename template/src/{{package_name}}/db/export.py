@@ -156,15 +156,19 @@ async def _copy_out(
         await task  # the COPY's error, if it failed
         finished = True
     finally:
-        if not task.done():
-            # The client went away: cancelling makes asyncpg cancel the COPY on the server.
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if finished:
-            await raw.execute("RESET statement_timeout")
-        else:
-            await conn.invalidate()
+        # Shielded: under uvicorn a client that leaves is a cancellation of the stream, raised
+        # here while the generator waits for a chunk, and delivered again at every await of an
+        # unshielded cleanup: the connection, half invalidated, stayed checked out.
+        with anyio.CancelScope(shield=True):
+            if not task.done():
+                # The client went away: cancelling makes asyncpg cancel the COPY on the server.
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if finished:
+                await raw.execute("RESET statement_timeout")
+            else:
+                await conn.invalidate()
 
 
 def _json_ready(value: Any) -> Any:
