@@ -11,7 +11,8 @@ taken the connection, and buffered the headers, when the app sees a request):
 - A request's line and headers must arrive within ``APP_HEADER_TIMEOUT_SECONDS`` of the
   connection's start (or of the previous response), and its body may pause for at most
   ``APP_BODY_TIMEOUT_SECONDS`` between two reads (a pause the server makes itself, reading no
-  more while the app catches up, does not count): 408, connection closed. A connection that
+  more while the app catches up or before its "100 Continue", does not count): 408, connection
+  closed. A connection that
   sent nothing is closed without a word. Without them idle, half-header and half-body
   connections stayed open forever, each holding a file descriptor.
 - At most ``APP_MAX_CONNECTIONS`` connections at once per process (0: three quarters of the
@@ -147,8 +148,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._timer.cancel()
             self._timer = None
 
+    def _handed_over(self) -> bool:
+        # A WebSocket upgrade gives the transport to another protocol: its timeouts are its own.
+        return self.transport.get_protocol() is not self
+
     def _headers_timed_out(self) -> None:
         self._timer = None
+        if self._handed_over():
+            return
         if self._header_bytes == 0:
             self.transport.close()  # nothing of a request: an idle connection
         else:
@@ -156,10 +163,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _body_timed_out(self) -> None:
         self._timer = None
-        if self.flow.read_paused:  # the app is behind, not the client
-            self._arm(self._body_timeout, self._body_timed_out)
+        if self._handed_over():
             return
         cycle = self.cycle
+        # The app is behind, not the client: reading paused while it catches up, or the
+        # client waits for "100 Continue", sent when the app first reads the body.
+        if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
+            self._arm(self._body_timeout, self._body_timed_out)
+            return
         if cycle is not None and not cycle.response_started:
             # The access log's 408 (request_log.py): the app sees only a disconnect.
             cast(dict[str, Any], self.scope)["request_timed_out"] = True
