@@ -27,7 +27,7 @@ from .db.seed import DEMO_PASSWORD, UNUSABLE_PASSWORD_HASH
 from .db.seed import seed as seed_database
 from .logs import configure_logging
 from .security import hash_password
-from .server import HeaderLimitedHttpToolsProtocol
+from .server import BoundedHttpToolsProtocol
 from .settings import UPGRADE_ADVICE, Settings, SettingsError, get_settings
 
 # What --reload watches: this package, not the working directory (its .venv alone holds
@@ -155,7 +155,8 @@ def serve(
     ] = 20,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development)")] = False,
 ) -> None:
-    """Run the service with uvicorn (uvloop and httptools, with a bound on header size)."""
+    """Run the service with uvicorn (uvloop and httptools, with bounds on header size, slow
+    clients and connections)."""
     settings = get_settings()
     configure_logging(settings.app)
     # Workers are separate processes: their Prometheus metrics meet in files in one directory,
@@ -177,7 +178,9 @@ def serve(
             reload=reload,
             reload_dirs=[str(SOURCE_DIR)] if reload else None,
             loop="auto",
-            http=HeaderLimitedHttpToolsProtocol,
+            # Header size, request timeouts and the connection limit (server.py).
+            http=BoundedHttpToolsProtocol,
+            timeout_keep_alive=settings.app.keep_alive_seconds,
             timeout_graceful_shutdown=graceful_timeout,
             # Logging is configure_logging's; the access log (with request ids) is the app's.
             log_config=None,

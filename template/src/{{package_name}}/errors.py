@@ -51,6 +51,15 @@ def internal_error(request_id: str) -> Response:
     return JSONResponse({"detail": detail}, status_code=500)
 
 
+def shutting_down() -> Response:
+    """The answer to a request the server's shutdown cut before its response started."""
+    return JSONResponse(
+        {"detail": "the service is shutting down: retry, another instance will answer"},
+        status_code=503,
+        headers={"Retry-After": "1", "Connection": "close"},
+    )
+
+
 def invalid(loc: Sequence[str | int], message: str) -> RequestValidationError:
     """A 422 for a value that is well-formed but refers to nothing, shaped like Pydantic's."""
     return RequestValidationError([{"type": "value_error", "loc": tuple(loc), "msg": message}])

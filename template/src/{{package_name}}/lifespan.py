@@ -3,6 +3,7 @@
 Endpoints get them through the thin ``*Dep`` aliases below, never through globals.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,9 +22,13 @@ from .db.engine import (
     create_sessionmaker,
 )
 from .observability import observe_resources
+from .request_log import InFlight
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# At shutdown, how long requests the server has cancelled get to give back what they hold.
+UNWIND_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
             )
         }
     finally:
+        # Requests cut by the server's shutdown finish unwinding first (request_log.InFlight).
+        in_flight: InFlight = app.state.in_flight
+        try:
+            async with asyncio.timeout(UNWIND_SECONDS):
+                await in_flight.idle()
+        except TimeoutError:
+            logger.warning("closing the pools with %d requests still in flight", in_flight.count)
         stop_observing()
         await http.aclose()
         await cache.close()

@@ -5,6 +5,7 @@ It replaces only the handler it installed itself, so calling it again (one app p
 harmless and leaves other handlers (pytest's log capture) alone.
 """
 
+import asyncio
 import logging
 import sys
 from contextvars import ContextVar
@@ -73,6 +74,15 @@ class JsonFormatter(logging.Formatter):
         return to_json(entry, fallback=str).decode()
 
 
+class _ShutdownCancellationFilter(logging.Filter):
+    """Drops uvicorn's "Exception in ASGI application" for a request task that uvicorn cancelled
+    itself, its graceful shutdown out of time: a traceback of the CancelledError, pointing at
+    whatever line the request was on. The access log says what was cut (request_log.py)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
 class _ServiceHandler(logging.StreamHandler[TextIO]):
     """The handler ``configure_logging`` owns (found again by its type). It writes to
     ``sys.stderr`` as it is at each record, so a stream swapped out since (pytest's capture)
@@ -109,4 +119,8 @@ def configure_logging(settings: AppSettings) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    server_log = logging.getLogger("uvicorn.error")
+    for old_filter in [f for f in server_log.filters if isinstance(f, _ShutdownCancellationFilter)]:
+        server_log.removeFilter(old_filter)
+    server_log.addFilter(_ShutdownCancellationFilter())
     logging.getLogger("uvicorn.access").disabled = True

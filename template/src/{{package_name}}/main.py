@@ -19,7 +19,7 @@ from .metrics import observe_request
 from .metrics import router as metrics_router
 from .middleware import BodyLimitMiddleware, JsonErrorsMiddleware, TimingMiddleware
 from .pagination import document_max_page_size
-from .request_log import AccessLogMiddleware
+from .request_log import AccessLogMiddleware, InFlight
 from .settings import UPGRADE_ADVICE, Settings, get_settings
 from .tracing import telemetry_config
 
@@ -93,5 +93,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(TimingMiddleware, slow_request_ms=settings.app.slow_request_ms)
     # Outermost: the request id is set before any other middleware logs.
     observe = observe_request if settings.app.metrics_enabled else None
-    app.add_middleware(AccessLogMiddleware, observe=observe)
+    app.state.in_flight = InFlight()
+    app.add_middleware(AccessLogMiddleware, observe=observe, in_flight=app.state.in_flight)
     return app

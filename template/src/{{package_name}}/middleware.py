@@ -1,5 +1,6 @@
 """Pure ASGI middleware: no BaseHTTPMiddleware, so streaming and back-pressure are untouched."""
 
+import asyncio
 import json
 import logging
 import time
@@ -51,11 +52,15 @@ class TimingMiddleware:
                 )
             await send(message)
 
+        cancelled = False
         try:
             await self.app(scope, receive, send_with_timing)
+        except asyncio.CancelledError:
+            cancelled = True  # cut by the server's shutdown: the access log says so
+            raise
         finally:
             elapsed = time.perf_counter() - start
-            if elapsed >= self.slow_request_seconds:
+            if elapsed >= self.slow_request_seconds and not cancelled:
                 logger.warning(
                     "slow request: %s %s -> %s in %.1f ms (db %.1f ms, %d queries)",
                     scope["method"],

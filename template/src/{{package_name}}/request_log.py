@@ -5,6 +5,7 @@ otherwise. It is returned in the response's ``X-Request-ID`` header and stamped 
 written while the request runs (see ``logs.py``), so one grep finds all of a request's lines.
 """
 
+import asyncio
 import logging
 import re
 import time
@@ -13,9 +14,10 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import internal_error
+from .errors import internal_error, shutting_down
 from .logs import current_request_id
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -76,14 +78,60 @@ def incoming_request_id(scope: Scope) -> str | None:
     return None
 
 
+class InFlight:
+    """The requests the access log middleware has taken and not yet logged.
+
+    The lifespan waits for them before it closes the pools: under uvicorn the requests still
+    running at shutdown have been cancelled (the graceful timeout ran out) and are unwinding, an
+    export handing back its connection, the access line being written. uvicorn closes the
+    lifespan without waiting for them, and a worker process (``--workers``) ends right after
+    it: its cut requests were never logged."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if not self.count:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+
 class AccessLogMiddleware:
     """Assigns the request id and writes one access log line per request: method, route
     template, status and duration (to the end of the response body). ``observe`` gets the same
-    facts for the metrics, so one middleware times each request once."""
+    facts for the metrics, so one middleware times each request once.
 
-    def __init__(self, app: ASGIApp, *, observe: RequestObserver | None = None) -> None:
+    A request still running when the server's graceful shutdown runs out of time (``serve
+    --graceful-timeout``) is cancelled by uvicorn: the only thing that cancels a request's task
+    from outside. Its line says so, as a warning: "cut by shutdown", with the status and the
+    body bytes handed to the server so far (a long export cut short is not a 200 that went
+    well). A request whose response had not started is answered 503 with ``Retry-After``, the
+    next instance will take it; uvicorn's traceback of the cancellation is left out of the log
+    (logs.py).
+
+    A client that leaves before its request is complete is logged 499 (nginx's "client closed
+    request"), or 408 when the server timed its body out (server.py), without a traceback.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        observe: RequestObserver | None = None,
+        in_flight: InFlight | None = None,
+    ) -> None:
         self.app = app
         self.observe = observe
+        self.in_flight = in_flight or InFlight()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -91,21 +139,37 @@ class AccessLogMiddleware:
             return
         request_id = incoming_request_id(scope) or uuid.uuid4().hex
         token = current_request_id.set(request_id)
+        self.in_flight.enter()
         start = time.perf_counter()
         status = 500
         started = False
+        body_bytes = 0
 
         async def send_with_request_id(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status, started, body_bytes
             if message["type"] == "http.response.start":
                 status = message["status"]
                 started = True
                 MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+            elif message["type"] == "http.response.body":
+                body_bytes += len(message.get("body", b""))
             await send(message)
 
         error: Exception | None = None
+        cut = ""
         try:
             await self.app(scope, receive, send_with_request_id)
+        except ClientDisconnect:
+            # The client left, or stalled mid-body and the server answered 408 (server.py), before
+            # the request was complete: nothing for the app to answer, no error of the service.
+            if not started:
+                status = 408 if scope.get("request_timed_out") else 499
+        except asyncio.CancelledError:
+            cut = f"cut by shutdown after {body_bytes} body bytes"
+            if not started:
+                cut = "cut by shutdown before its response, answered 503"
+                await shutting_down()(scope, receive, send_with_request_id)
+            raise
         except Exception as exc:
             error = exc
             if started:
@@ -124,9 +188,15 @@ class AccessLogMiddleware:
             if route == "unmatched":
                 facts["path"] = unmatched_path(scope)
                 shown = f"unmatched {facts['path']}"
+            level = logging.INFO if error is None else logging.ERROR
+            line = "%s %s %d %.1f ms"
+            if cut:
+                level = logging.WARNING
+                line = f"{line}, {cut}"
+                facts.update(cut="shutdown", body_bytes=body_bytes)
             access_logger.log(
-                logging.INFO if error is None else logging.ERROR,
-                "%s %s %d %.1f ms",
+                level,
+                line,
                 scope["method"],
                 shown,
                 status,
@@ -136,3 +206,4 @@ class AccessLogMiddleware:
                 exc_info=error,
             )
             current_request_id.reset(token)
+            self.in_flight.leave()

@@ -278,6 +278,11 @@ def _watch_availability(engine: AsyncEngine) -> None:
     @event.listens_for(sync_engine, "handle_error")
     def _failed(context: ExceptionContext) -> None:
         original = context.original_exception
+        if not isinstance(original, Exception):
+            # Cancelled (a timeout, a client that left, a shutdown): SQLAlchemy calls it a
+            # disconnect and drops the connection, rightly, but the database is fine, and the
+            # caller must get its cancellation back.
+            return
         sqlstate = getattr(original, "sqlstate", None) or ""
         if (
             context.is_disconnect

@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
+import anyio
 from pydantic_core import to_json
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -73,11 +74,25 @@ async def _rows(
     names = [column.name for column in query.selected_columns]
     encode = _ndjson_chunk if export_format == "ndjson" else _csv_chunk
     result = await conn.stream(query.execution_options(yield_per=batch_size))
+    fetch: asyncio.Future[Sequence[Any]] | None = None
     try:
-        async for rows in result.partitions():
+        while True:
+            # Each batch is fetched in a task of its own, and the stream waits for it through
+            # asyncio.shield. A client that leaves is a cancellation of the stream (Starlette's,
+            # under uvicorn), and one landing inside SQLAlchemy's fetch is taken for a lost
+            # connection: "database unavailable", the connection terminated under its cursor,
+            # an ERROR with a traceback. So it lands here instead, and the batch in flight (a
+            # few milliseconds) finishes before the cursor is closed.
+            fetch = asyncio.ensure_future(result.fetchmany(batch_size))
+            rows = await asyncio.shield(fetch)
+            if not rows:
+                break
             yield encode(names, rows)
     finally:
-        await result.close()
+        with anyio.CancelScope(shield=True):
+            if fetch is not None:
+                await asyncio.wait([fetch])
+            await result.close()
 
 
 def _copy_statement(
@@ -141,15 +156,19 @@ async def _copy_out(
         await task  # the COPY's error, if it failed
         finished = True
     finally:
-        if not task.done():
-            # The client went away: cancelling makes asyncpg cancel the COPY on the server.
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if finished:
-            await raw.execute("RESET statement_timeout")
-        else:
-            await conn.invalidate()
+        # Shielded: under uvicorn a client that leaves is a cancellation of the stream, raised
+        # here while the generator waits for a chunk, and delivered again at every await of an
+        # unshielded cleanup: the connection, half invalidated, stayed checked out.
+        with anyio.CancelScope(shield=True):
+            if not task.done():
+                # The client went away: cancelling makes asyncpg cancel the COPY on the server.
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if finished:
+                await raw.execute("RESET statement_timeout")
+            else:
+                await conn.invalidate()
 
 
 def _json_ready(value: Any) -> Any:
