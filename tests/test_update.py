@@ -165,7 +165,7 @@ V1_MIDDLEWARE_LINE = "        self.slow_request_seconds = slow_request_ms / 1000
 # Must never reach a project: existing Alembic revisions are in _skip_if_exists.
 V2_REVISION_LINE = "\n\n# Edited in 0.2.0.\n"  # formatted: two blank lines after a def
 # 0.2.0 adds a revision on the last one of 0.1.0, and the team has one there too: two heads.
-V2_REVISION, TEAM_REVISION = "0003", "a1b2c3d4e5f6"
+V2_REVISION, TEAM_REVISION = "0900", "a1b2c3d4e5f6"  # 0900: after any the template ships
 REVISION = "db/migrations/versions/0001_initial.py"
 TEMPLATE_REVISION = "db/{% if orm == 'sqlalchemy' %}migrations{% endif %}/versions/0001_initial.py"
 V2_MIGRATIONS = """\
@@ -207,6 +207,9 @@ def _release_next_version(repo: Path) -> None:
     for path in package.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         path.write_text(text.replace("from ..streaming import", "from ..responses import"))
+    # The renamed import sorts elsewhere among its neighbours, as the release's author would fix.
+    isort = [sys.executable, "-m", "ruff", "check", "--select", "I", "--fix", "--quiet"]
+    run_ok([*isort, str(package)], repo, _env())
     config = repo / "copier.yml"
     replace_once(config, "\nauthor_name:\n", "\nmaintainer_name:\n")
     # Its validator too.
