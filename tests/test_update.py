@@ -310,6 +310,66 @@ def test_uv_lock_hook_leaves_conflict_markers_to_the_user(tmp_path: Path) -> Non
     assert not (tmp_path / "uv.lock").exists()
 
 
+PRISMA_GENERATE = "aprisma generate --schema prisma/schema.prisma"
+
+
+def _tool_project(tmp_path: Path, tool: str, script: str) -> dict[str, str]:
+    """A project with no dependencies (`uv run` makes its .venv offline) and an executable named
+    `tool` on PATH: the real aprisma is run by every Prisma combination's render (slow tier)."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "demo"\nversion = "0"\nrequires-python = ">=3.11"\n'
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / tool).write_text(f"#!{sys.executable}\n{script}")
+    (bin_dir / tool).chmod(0o755)
+    return {"PATH": f"{bin_dir}:{_env()['PATH']}"}
+
+
+def test_prisma_generate_hook_without_uv_says_what_to_do(tmp_path: Path) -> None:
+    result = _hook("prisma_generate.py", tmp_path, PATH=str(tmp_path))
+
+    assert result.returncode == 0
+    assert result.stderr == f"uv not found: install uv, then run `uv run {PRISMA_GENERATE}`" + (
+        " in the project\n"
+    )
+
+
+def test_prisma_generate_hook_runs_in_the_project_environment(tmp_path: Path) -> None:
+    """Copier runs hooks from its own environment (uvx): the generator must run in the project's,
+    where pyproject.toml pins aprisma, and twice is the same as once."""
+    record = tmp_path / "calls.txt"
+    script = (
+        "import os, sys\n"
+        f"with open({str(record)!r}, 'a') as calls:\n"
+        "    calls.write(os.environ['VIRTUAL_ENV'] + ' ' + ' '.join(sys.argv[1:]) + '\\n')\n"
+    )
+    env = _tool_project(tmp_path, "aprisma", script)
+
+    for _ in range(2):
+        result = _hook(
+            "prisma_generate.py", tmp_path, **env, VIRTUAL_ENV=str(tmp_path / "copier-env")
+        )
+        assert (result.returncode, result.stderr) == (0, "")
+
+    call = f"{tmp_path / '.venv'} generate --schema prisma/schema.prisma\n"
+    assert record.read_text() == call * 2
+
+
+def test_prisma_generate_hook_fails_the_copy_with_the_cause(tmp_path: Path) -> None:
+    failure = "import sys\nsys.exit('prisma/schema.prisma: error: Missing datasource')\n"
+    env = _tool_project(tmp_path, "aprisma", failure)
+
+    result = _hook("prisma_generate.py", tmp_path, **env)
+
+    assert result.returncode == 1
+    assert "prisma/schema.prisma: error: Missing datasource" in result.stderr
+    assert result.stderr.endswith(
+        f"could not generate the Prisma client: fix the cause, then run `uv run {PRISMA_GENERATE}`"
+        " in the project\n"
+    )
+
+
 def test_an_update_ends_with_the_files_that_hold_conflict_markers(tmp_path: Path) -> None:
     """Copier exits 0 with conflicts left in files: the last step of copier.yml's _migrations
     lists them. Run by copier over a tiny template with that step and its hook (nothing to
