@@ -9,8 +9,11 @@ never depend on this repository's own tags. Copier runs from this environment's 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import runpy
+import shutil
+import sqlite3
 import subprocess
 import sys
 import tomllib
@@ -37,6 +40,7 @@ TEMPLATE_VERSIONS = (
     / "versions"
 )
 MEMORY = Combination({"orm": "sqlalchemy", "database": "sqlite", "cache_backend": "memory"})
+PRISMA = Combination({**MEMORY.answers, "orm": "prisma"})
 REDIS = Combination({**MEMORY.answers, "cache_backend": "redis"})
 
 COPIER = [sys.executable, "-m", "copier"]
@@ -477,6 +481,68 @@ def test_alembic_heads_hook_merges_the_template_and_the_team_heads(tmp_path: Pat
     )
     assert again.stderr == ""
     assert len(list(versions.glob("*_merge_heads.py"))) == 1
+
+
+TEAM_MIGRATION = "20261201093000_widgets"  # named as the generated README's Prisma notes say
+TEAM_MIGRATION_SQL = """CREATE TABLE "widgets" (
+    "id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+    "project_id" INTEGER NOT NULL REFERENCES "projects" ("id") ON DELETE CASCADE,
+    "name" TEXT NOT NULL
+);
+CREATE INDEX "ix_widgets_project_id" ON "widgets"("project_id");
+"""
+
+
+def _prisma_schema(database: Path) -> set[tuple[str, str, str]]:
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        rows = connection.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL")
+        return set(rows)
+
+
+@pytest.mark.parametrize("combo", [PRISMA], ids=[PRISMA.id])  # shares the combination's render
+def test_prisma_migrations_upgrade_around_a_team_migration(
+    combo: Combination, synced, tmp_path: Path
+) -> None:
+    """Issue 29 item 17, Prisma's side, over the template's real migrations: a service copied when
+    the template shipped only 0001 ran it and then its own migration; an update adds the
+    template's later ones, which sort before the team's. Prisma Migrate applies each migration it
+    has not run, by name, whatever their order (Alembic needs a merge revision instead), so
+    `prisma migrate deploy` upgrades with no step of ours, and the database ends where a fresh
+    one does."""
+    rendered = synced(combo).project_dir
+    project = tmp_path / "service"
+    (project / "prisma").mkdir(parents=True)
+    for name in ("prisma.config.ts", "package.json", "prisma/schema.prisma"):
+        shutil.copy(rendered / name, project / name)
+    (project / "node_modules").symlink_to(rendered / "node_modules")
+    shipped = sorted((rendered / "prisma" / "migrations").iterdir())
+    migrations = project / "prisma" / "migrations"
+    migrations.mkdir()
+    shutil.copy(rendered / "prisma/migrations/migration_lock.toml", migrations)
+    first, *later = [path for path in shipped if path.is_dir()]
+    assert first.name == "0001_initial"
+    assert later, "the template ships migrations after 0001"
+    shutil.copytree(first, migrations / first.name)
+    (migrations / TEAM_MIGRATION).mkdir()
+    (migrations / TEAM_MIGRATION / "migration.sql").write_text(TEAM_MIGRATION_SQL)
+
+    def prisma(database: Path, *args: str) -> str:
+        env = {**project_env(combo), "DATABASE_URL": f"file:{database}"}
+        return run_ok(["node", "node_modules/.bin/prisma", *args], project, env)
+
+    service_db, fresh_db = tmp_path / "service.db", tmp_path / "fresh.db"
+    prisma(service_db, "migrate", "deploy")
+    for migration in later:  # what `copier update` brings
+        shutil.copytree(migration, migrations / migration.name)
+
+    upgraded = prisma(service_db, "migrate", "deploy")
+
+    assert all(migration.name in upgraded for migration in later), upgraded
+    assert TEAM_MIGRATION not in upgraded  # run once, before the update
+    assert "Database schema is up to date!" in prisma(service_db, "migrate", "status")
+    prisma(fresh_db, "migrate", "deploy")  # a new environment runs them in file order
+    assert _prisma_schema(service_db) == _prisma_schema(fresh_db)
+    assert ("table", "widgets") in {row[:2] for row in _prisma_schema(service_db)}
 
 
 def test_migration_hooks_are_idempotent(tmp_path: Path) -> None:
