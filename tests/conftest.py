@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -231,6 +233,14 @@ def pytest_configure(config: pytest.Config) -> None:
     template = getattr(config.option, "template", None)
     if template is not None and not (Path(template) / "copier.yml").is_file():
         config.option.template = str(REPO_ROOT)
+    # One mypy cache for every project this process checks: the renders differ in a few modules,
+    # and mypy rechecks any module whose source hash changed, so the third-party stubs and the
+    # shared modules are analysed once (a second combination: 13 -> 5 s of CPU). One directory
+    # per process (an xdist worker replaces the one it inherits), removed at the end, so two
+    # workers never write the same files.
+    mypy_cache = tempfile.mkdtemp(prefix="template-tests-mypy-")
+    os.environ["MYPY_CACHE_DIR"] = mypy_cache
+    config.add_cleanup(lambda: shutil.rmtree(mypy_cache, ignore_errors=True))
 
 
 @dataclass
