@@ -24,6 +24,7 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
+    Subquery,
     Text,
     case,
     cast,
@@ -122,6 +123,13 @@ class JsonRows:
     ``build`` gets ``select(<row columns>, *keys)`` and adds FROM/JOIN/WHERE/ORDER BY/LIMIT,
     with ``bindparam`` for whatever varies per request. ``keys`` are extra columns returned
     beside each row's JSON (the keyset position, for instance).
+
+    ``over``: a subquery that picks the rows' ids (its own WHERE, ORDER BY, OFFSET, LIMIT). The
+    statement is then one row per id, ordered by the subquery's columns, and ``build`` makes the
+    JSON of the row with that id (a WHERE on the subquery's column; no LIMIT). The database builds
+    JSON only for the rows returned: PostgreSQL computes a select list below LIMIT/OFFSET, so JSON
+    beside OFFSET 9000 would be built for 9,050 rows. Each JSON is a correlated subquery, an
+    index lookup per id whatever plan the page's parameters get.
     """
 
     def __init__(
@@ -129,10 +137,12 @@ class JsonRows:
         shape: Shape,
         build: Callable[[Select[Any]], Select[Any]],
         keys: tuple[Column, ...] = (),
+        over: Subquery | None = None,
     ) -> None:
         self.shape = shape
         self._build = build
         self._keys = tuple(_expression(key) for key in keys)
+        self._over = over
         self._statements: dict[str, Select[Any]] = {}
         self._compiled: tuple[str, tuple[str, ...], dict[str, Any]] | None = None
 
@@ -141,7 +151,14 @@ class JsonRows:
             row = self.shape.json_column()
             if dialect == "postgresql":
                 row = cast(row, Text)  # as text: asyncpg would decode json into dicts
-            self._statements[dialect] = self._build(select(row, *self._keys))
+            if self._over is None:
+                statement = self._build(select(row, *self._keys))
+            else:
+                row_of_id = self._build(select(row)).scalar_subquery()
+                statement = (
+                    select(row_of_id, *self._keys).select_from(self._over).order_by(*self._over.c)
+                )
+            self._statements[dialect] = statement
         return self._statements[dialect]
 
     async def fetch(self, conn: AsyncConnection, **params: Any) -> list[JsonRow]:
