@@ -9,15 +9,20 @@ never depend on this repository's own tags. Copier runs from this environment's 
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import hashlib
+import hmac
 import re
 import runpy
+import secrets
 import shutil
 import sqlite3
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -543,6 +548,43 @@ def test_prisma_migrations_upgrade_around_a_team_migration(
     prisma(fresh_db, "migrate", "deploy")  # a new environment runs them in file order
     assert _prisma_schema(service_db) == _prisma_schema(fresh_db)
     assert ("table", "widgets") in {row[:2] for row in _prisma_schema(service_db)}
+
+
+# The last commit whose services stored scrypt hashes (api/users.py's hash_password); the next
+# one brought sign-in and Argon2id.
+LAST_SCRYPT_COMMIT = "85bbf34f43ce744f2a19e4dd6e4bd5aae87ce729"
+
+
+def _definition(source: str, name: str, namespace: dict[str, Any]) -> Any:
+    """The function or class ``name`` of a module's source, run alone in ``namespace``."""
+    [node] = [
+        node
+        for node in ast.parse(source).body
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name == name
+    ]
+    exec(compile(ast.Module([node], []), name, "exec"), namespace)  # noqa: S102 - our own code
+    return namespace[name]
+
+
+def test_passwords_hashed_before_sign_in_still_verify_and_are_rehashed() -> None:
+    """A service updated from the last scrypt version keeps its users: what that commit's own
+    hash_password wrote (read from this repository's history) verifies with the template's
+    LegacyScryptHasher, and is marked for rehashing (tests/test_auth.py in every combination
+    signs such a user in through the API and checks the Argon2id hash that replaces it)."""
+    old = git(
+        REPO_ROOT, "show", f"{LAST_SCRYPT_COMMIT}:template/src/{{{{package_name}}}}/api/users.py"
+    )
+    hash_password = _definition(old, "hash_password", {"hashlib": hashlib, "secrets": secrets})
+    security = (REPO_ROOT / "template" / "src" / "{{package_name}}" / "security.py").read_text()
+    hasher_class = _definition(security, "LegacyScryptHasher", {"hashlib": hashlib, "hmac": hmac})
+    hasher = hasher_class()
+
+    stored = hash_password("correct horse battery staple")
+
+    assert hasher_class.identify(stored)
+    assert hasher.verify("correct horse battery staple", stored)
+    assert not hasher.verify("correct horse battery stapler", stored)
+    assert hasher.check_needs_rehash(stored)
 
 
 def test_migration_hooks_are_idempotent(tmp_path: Path) -> None:
