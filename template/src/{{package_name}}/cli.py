@@ -1,4 +1,8 @@
-"""Command line: serve, db upgrade and downgrade, seed, bench."""
+"""Command line: serve, db upgrade and downgrade, seed, bench.
+
+Each command imports what it runs when it runs: importing the app, the database layer and the
+migration tool takes ~2 s of CPU, which `--help` and a start refused for bad settings (one line)
+should not pay."""
 
 import asyncio
 import logging
@@ -13,21 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import uvicorn
-from rich.progress import Progress, TaskID
-from sqlalchemy.engine import make_url
 from typer.core import TyperGroup
 
-from .api.projects import LIST_NAMESPACE
 from .bench.command import bench
-from .cache import create_cache
-from .db import migrate
-from .db.engine import SchemaBehind, create_engine
-from .db.seed import DEMO_PASSWORD, UNUSABLE_PASSWORD_HASH
-from .db.seed import seed as seed_database
-from .logs import configure_logging
-from .security import hash_password
-from .server import BoundedHttpToolsProtocol
 from .settings import UPGRADE_ADVICE, Settings, SettingsError, get_settings
 
 # What --reload watches: this package, not the working directory (its .venv alone holds
@@ -82,8 +74,6 @@ def _check_settings(
 _NO_DATABASE = "3D000"
 _REFUSED_LOGIN = ("28000", "28P01")
 _UNREACHABLE = ("08", "57P01", "57P02", "57P03", "53300")
-# Prisma's db/migrate.py raises it, with the Prisma CLI's output; Alembic's has none.
-_MIGRATION_ERROR: type[Exception] | None = getattr(migrate, "MigrationError", None)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -102,6 +92,13 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 def explain(exc: BaseException) -> str | None:
     """One line saying what is wrong and how to fix it, for a failure a setup can cause; None
     for anything else (a bug: its traceback is the useful answer)."""
+    from sqlalchemy.engine import make_url
+
+    from .db import migrate
+    from .db.engine import SchemaBehind
+
+    # Prisma's db/migrate.py raises it, with the Prisma CLI's output; Alembic's has none.
+    migration_error: type[Exception] | None = getattr(migrate, "MigrationError", None)
     try:
         url = make_url(get_settings().database.url)
     except SettingsError:  # the callback said so already, and exits 2
@@ -115,7 +112,7 @@ def explain(exc: BaseException) -> str | None:
     refused = f"PostgreSQL at {host}:{port} refused user {url.username}: fix DATABASE_URL"
     unreachable = f"cannot reach PostgreSQL at {host}:{port}: start it, or fix DATABASE_URL"
     for error in _chain(exc):
-        if _MIGRATION_ERROR is not None and isinstance(error, _MIGRATION_ERROR):
+        if migration_error is not None and isinstance(error, migration_error):
             output = str(error)
             if "does not exist" in output:
                 return no_database
@@ -157,6 +154,11 @@ def serve(
 ) -> None:
     """Run the service with uvicorn (uvloop and httptools, with bounds on header size, slow
     clients and connections)."""
+    import uvicorn
+
+    from .logs import configure_logging
+    from .server import BoundedHttpToolsProtocol
+
     settings = get_settings()
     configure_logging(settings.app)
     # Workers are separate processes: their Prometheus metrics meet in files in one directory,
@@ -206,7 +208,7 @@ def _no_outage_warning() -> Iterator[None]:
     ends with its own error line instead (_ExplainedErrors)."""
     # The Redis cache's, too ("serving without cache"): it only exists in Redis renders.
     logs = [
-        logging.getLogger(create_engine.__module__),
+        logging.getLogger(f"{__package__}.db.engine"),
         logging.getLogger(f"{__package__}.cache_redis"),
     ]
     levels = [log.level for log in logs]
@@ -222,6 +224,8 @@ def _no_outage_warning() -> Iterator[None]:
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply migrations up to REVISION (default: the latest)."""
+    from .db import migrate
+
     with _no_outage_warning():
         migrate.upgrade(get_settings().database.url, revision)
     typer.echo(f"database at {revision}")
@@ -230,6 +234,8 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 @db_app.command("downgrade")
 def db_downgrade(revision: Annotated[str, typer.Argument()]) -> None:
     """Revert migrations down to REVISION ("base" removes every table)."""
+    from .db import migrate
+
     with _no_outage_warning():
         migrate.downgrade(get_settings().database.url, revision)
     typer.echo(f"database at {revision}")
@@ -251,6 +257,13 @@ def seed(
 
 
 async def _seed(**counts: int) -> None:
+    from rich.progress import Progress, TaskID
+
+    from .db.engine import create_engine
+    from .db.seed import DEMO_PASSWORD, UNUSABLE_PASSWORD_HASH
+    from .db.seed import seed as seed_database
+    from .security import hash_password
+
     settings = get_settings()
     if settings.app.environment == "production":
         password_hash = UNUSABLE_PASSWORD_HASH
@@ -283,6 +296,9 @@ async def _invalidate_project_pages(settings: Settings) -> tuple[bool, str]:
     """A running service caches project pages and their total (api/projects.py), and a seed
     changes both; project details keep their item counts (new items go to new projects).
     Whether a running service shows the new data, and what to tell the user."""
+    from .api.projects import LIST_NAMESPACE
+    from .cache import create_cache
+
     cache = create_cache(settings)
     try:
         if not cache.shared:
