@@ -9,8 +9,8 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from datetime import UTC, datetime, timedelta
 from collections.abc import MutableMapping
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -157,7 +157,9 @@ def user_id_of_token(settings: Settings, token: str) -> int | None:
 _VERIFIED = "verified_token"
 
 
-def verified_user_id(scope: MutableMapping[str, Any], settings: Settings, token: str) -> int | None:
+def verified_user_id(
+    scope: MutableMapping[str, Any], settings: Settings, token: str
+) -> int | None:
     """``user_id_of_token``, once per request and token."""
     state = scope.setdefault("state", {})
     verified = state.get(_VERIFIED)
