@@ -157,9 +157,7 @@ def user_id_of_token(settings: Settings, token: str) -> int | None:
 _VERIFIED = "verified_token"
 
 
-def verified_user_id(
-    scope: MutableMapping[str, Any], settings: Settings, token: str
-) -> int | None:
+def verified_user_id(scope: MutableMapping[str, Any], settings: Settings, token: str) -> int | None:
     """``user_id_of_token``, once per request and token."""
     state = scope.setdefault("state", {})
     verified = state.get(_VERIFIED)
