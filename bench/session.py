@@ -82,6 +82,11 @@ async def _seed(database: BenchDatabase, config: BenchConfig) -> str:
         await engine.dispose()
 
 
+def _limits_prefix(prefix: str) -> str:
+    # The rate limits' keys: never under the cache's prefix (the service refuses that).
+    return prefix.removesuffix(":") + "-limits:"
+
+
 def _server_env(
     settings: Settings, database: BenchDatabase, prefix: str, secret: str
 ) -> dict[str, str]:
@@ -100,6 +105,9 @@ def _server_env(
         # List pages uncached: the list figures measure the database path, figure 1 the cache.
         "CACHE_CACHED_LIST_PAGES": "0",
         "CACHE_TTL_SECONDS": "3600",
+        # One client address: every request is counted by the rate limit, none refused.
+        "RATE_LIMIT_DEFAULT": "1000000000/minute",
+        "RATE_LIMIT_KEY_PREFIX": _limits_prefix(prefix),
     }
 
 
@@ -211,6 +219,7 @@ def run_bench(
             bench_servers.stop(server)
         drop_database(settings.database.url, database)
         asyncio.run(delete_bench_keys(settings, prefix))
+        asyncio.run(delete_bench_keys(settings, _limits_prefix(prefix)))
 
     report = Report(
         figures=figures,

@@ -163,6 +163,7 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             # A replica that refuses or drops a connection (stopping): the request goes to the
             # next one. nginx retries only idempotent methods so (no non_idempotent here).
             {retry}
@@ -366,6 +367,11 @@ def test_replicas_behind_nginx_and_pgbouncer_survive_load_and_a_rolling_restart(
             "DATABASE_MAX_OVERFLOW": str(REPLICA_POOL[1]),
             "REDIS_URL": redis_url,
             "CACHE_KEY_PREFIX": f"scale-{run_id}:",
+            "RATE_LIMIT_KEY_PREFIX": f"scale-{run_id}-limits",
+            # nginx adds the client's address to X-Forwarded-For. The load comes from one
+            # address, far beyond any sane per-client limit: the limits are counted, not hit.
+            "RATE_LIMIT_TRUSTED_PROXY_HOPS": "1",
+            "RATE_LIMIT_DEFAULT": "100000000/minute",
         }
         ports = [free_port() for _ in range(REPLICAS)]
 
@@ -487,7 +493,7 @@ def test_replicas_behind_nginx_and_pgbouncer_survive_load_and_a_rolling_restart(
                 "import sys, redis; r = redis.Redis.from_url(sys.argv[1]); "
                 "keys = list(r.scan_iter(match=sys.argv[2] + '*')); keys and r.delete(*keys)",
                 redis_url,
-                f"scale-{run_id}:",
+                f"scale-{run_id}",  # the cache's keys and the rate limits'
             ],
             project.project_dir,
             base_env,
@@ -563,5 +569,8 @@ def test_compose_scale_override_runs_the_same_topology(render, combo) -> None:
     conf = root / mount.split(":")[0]
     text = conf.read_text()
     assert RETRY in text, "compose's nginx retries what the scale-out test retries"
+    # The replicas take the client's address from the entry nginx adds (one trusted hop).
+    assert "X-Forwarded-For $proxy_add_x_forwarded_for" in text
+    assert env["RATE_LIMIT_TRUSTED_PROXY_HOPS"] == "1"
     assert "server app:8000" in text
     assert "non_idempotent" not in text

@@ -22,6 +22,7 @@ _DESCRIPTIONS = {
     409: "Conflicts with an existing row",
     413: "The body is over the size limit",
     416: "The Range is not satisfiable",
+    429: "Too many requests (rate limit, or sign-in lockout): retry after Retry-After seconds",
     502: "The upstream failed",
     503: "The database is unavailable or busy: retry after Retry-After seconds",
     504: "The upstream timed out",

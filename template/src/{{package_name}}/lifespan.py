@@ -22,6 +22,7 @@ from .db.engine import (
     create_sessionmaker,
 )
 from .observability import observe_resources
+from .ratelimit import RateLimits, create_rate_limits
 from .request_log import InFlight
 from .settings import Settings
 
@@ -40,6 +41,7 @@ class Resources:
     sessionmaker: async_sessionmaker[AsyncSession]
     cache: Cache
     http: httpx.AsyncClient
+    rate_limits: RateLimits
 
 
 def create_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -61,6 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
     probe_engine = create_probe_engine(settings.database)
     cache = create_cache(settings)
     http = create_http_client(settings)
+    rate_limits = create_rate_limits(settings)
     stop_observing = observe_resources(settings, engine, http)
     try:
         yield {
@@ -71,6 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
                 sessionmaker=create_sessionmaker(engine),
                 cache=cache,
                 http=http,
+                rate_limits=rate_limits,
             )
         }
     finally:
@@ -84,6 +88,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
         stop_observing()
         await http.aclose()
         await cache.close()
+        await rate_limits.close()
         await engine.dispose()
         await probe_engine.dispose()
 

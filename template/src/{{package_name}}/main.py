@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.middleware.gzip import GZipMiddleware
 
-from .api import api_router, files
+from .api import api_router, auth, files, users
 from .api.health import router as health_router
 from .db.engine import DatabaseUnavailable, SchemaBehind
 from .docs import add_docs
@@ -19,6 +19,7 @@ from .metrics import observe_request
 from .metrics import router as metrics_router
 from .middleware import BodyLimitMiddleware, JsonErrorsMiddleware, TimingMiddleware
 from .pagination import document_max_page_size
+from .ratelimit import RateLimitMiddleware
 from .request_log import AccessLogMiddleware, InFlight
 from .settings import UPGRADE_ADVICE, Settings, get_settings
 from .tracing import telemetry_config
@@ -90,6 +91,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limits={uploads: settings.app.max_upload_bytes + files.MULTIPART_OVERHEAD_BYTES},
     )
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=GZIP_LEVEL)
+    # Every API route is counted before routing; sign-in, refresh and sign-up more strictly.
+    api, sign_in = api_router.prefix, f"{api_router.prefix}{auth.router.prefix}"
+    credentials = {f"{sign_in}/token", f"{sign_in}/refresh", f"{api}{users.router.prefix}"}
+    app.add_middleware(RateLimitMiddleware, prefix=api, credential_paths=frozenset(credentials))
     app.add_middleware(TimingMiddleware, slow_request_ms=settings.app.slow_request_ms)
     # Outermost: the request id is set before any other middleware logs.
     observe = observe_request if settings.app.metrics_enabled else None

@@ -9,9 +9,10 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from collections.abc import MutableMapping
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Any
 
 import jwt
 from fastapi import Depends, HTTPException, Request, status
@@ -151,6 +152,23 @@ def user_id_of_token(settings: Settings, token: str) -> int | None:
     return user_id if user_id > 0 else None
 
 
+# The request's verified token and its user id, kept in the request's state: the rate limit
+# (ratelimit.py) and the route verify a token once between them.
+_VERIFIED = "verified_token"
+
+
+def verified_user_id(scope: MutableMapping[str, Any], settings: Settings, token: str) -> int | None:
+    """``user_id_of_token``, once per request and token."""
+    state = scope.setdefault("state", {})
+    verified = state.get(_VERIFIED)
+    if verified is not None and verified[0] == token:
+        user_id: int | None = verified[1]
+        return user_id
+    user_id = user_id_of_token(settings, token)
+    state[_VERIFIED] = (token, user_id)
+    return user_id
+
+
 # --- refresh tokens
 
 
@@ -184,7 +202,7 @@ async def current_user_id(request: Request, token: Annotated[str | None, Depends
     if token is None:
         raise unauthorized("not signed in: send Authorization: Bearer <access token>")
     settings: Settings = request.state.resources.settings
-    user_id = user_id_of_token(settings, token)
+    user_id = verified_user_id(request.scope, settings, token)
     if user_id is None:
         raise unauthorized("the access token is invalid or expired")
     return user_id
@@ -204,7 +222,7 @@ def caller_of(request: Request) -> int | None:
     if scheme.lower() != "bearer" or not token.strip():
         raise unauthorized("send Authorization: Bearer <access token>, or no Authorization")
     settings: Settings = request.state.resources.settings
-    user_id = user_id_of_token(settings, token.strip())
+    user_id = verified_user_id(request.scope, settings, token.strip())
     if user_id is None:
         raise unauthorized("the access token is invalid or expired")
     return user_id

@@ -1,7 +1,9 @@
 from fastapi import APIRouter
 
+from ..errors import documented
 from . import auth, dashboard, files, items, projects, rates, users
 
-api_router = APIRouter(prefix="/api/v1")
+# Every route is rate limited (ratelimit.py, in front of this router): 429 is documented here.
+api_router = APIRouter(prefix="/api/v1", responses=documented(429))
 for module in (auth, users, projects, items, dashboard, files, rates):
     api_router.include_router(module.router)

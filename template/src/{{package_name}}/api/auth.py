@@ -1,15 +1,20 @@
 """Sign-in: the OAuth2 password flow (an access token and a refresh token), rotation of the
-refresh token, and sign-out. Passwords are checked in a worker thread: Argon2 is slow on purpose."""
+refresh token, and sign-out. Passwords are checked in a worker thread: Argon2 is slow on purpose.
 
+Sign-in counts attempts per account before it hashes anything (ratelimit.py): an account under
+attack is locked for a while, and the attack costs no Argon2 work."""
+
+import hashlib
 from datetime import timedelta
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Form, Response, status
+from fastapi import APIRouter, Form, HTTPException, Response, status
 
 from ..db import accounts
 from ..errors import documented
 from ..lifespan import Resources, ResourcesDep
+from ..ratelimit import Refusal
 from ..schemas import RefreshRequest, TokenPair
 from ..security import (
     CurrentUserId,
@@ -45,12 +50,33 @@ def _pair(resources: Resources, response: Response, user_id: int, refresh_token:
     )
 
 
-@router.post("/token", responses=documented(400, 401, 413))
+def _unknown_login(login: str) -> str:
+    # A login that names nobody is locked out the same way: the answers do not tell them apart.
+    # Digested: any text a client sent (lone surrogates too) makes a short, storable key.
+    digest = hashlib.sha256(login.casefold().encode(errors="surrogatepass")).hexdigest()
+    return f"login:{digest[:32]}"
+
+
+def _locked_out(refusal: Refusal) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        f"too many failed sign-ins for this account: retry after {refusal.retry_after} s",
+        headers={"Retry-After": str(refusal.retry_after)},
+    )
+
+
+@router.post("/token", responses=documented(400, 401, 413, 429))
 async def sign_in(
     username: Login, password: Password, resources: ResourcesDep, response: Response
 ) -> TokenPair:
-    """Sign in with a username or email and a password."""
+    """Sign in with a username or email and a password. After RATE_LIMIT_LOCKOUT_FAILURES
+    failed attempts for one account within RATE_LIMIT_LOCKOUT_SECONDS (10 in 15 minutes), every
+    attempt is refused with 429 until the window has passed, the right password too."""
     found = await accounts.credentials(resources.engine, username)
+    account = _unknown_login(username) if found is None else f"user:{found[0]}"
+    refusal = await resources.rate_limits.sign_in_attempt(account)
+    if refusal is not None:
+        raise _locked_out(refusal)
     stored = None if found is None else found[1]
     valid, rehashed = await anyio.to_thread.run_sync(
         verify_password, resources.settings.auth, password, stored
@@ -58,6 +84,7 @@ async def sign_in(
     if found is None or not valid:
         raise unauthorized("incorrect username or password")
     user_id = found[0]
+    await resources.rate_limits.signed_in(account)
     if rehashed is not None:  # an older format or cost: store Argon2id with today's cost
         await accounts.replace_password_hash(resources.engine, user_id, found[1], rehashed)
     token = new_refresh_token()
