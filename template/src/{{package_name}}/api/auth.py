@@ -8,8 +8,8 @@ import anyio
 from fastapi import APIRouter, Form, Response, status
 
 from ..db import accounts
+from ..deps import Resources, ResourcesDep
 from ..errors import documented
-from ..lifespan import Resources, ResourcesDep
 from ..schemas import RefreshRequest, TokenPair
 from ..security import (
     CurrentUserId,

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query
 
 from ..db import queries
 from ..db.export import export
+from ..deps import ResourcesDep
 from ..errors import documented
-from ..lifespan import ResourcesDep
 from ..security import OptionalCallerId
 from ..streaming import ClosingStreamingResponse
 
