@@ -16,6 +16,7 @@ from bench_service.bench.driver import LoadGenerator, LoadResult, run_python
 from bench_service.bench.load import Spec
 from bench_service.bench.servers import HOST, Server
 from bench_service.pagination import CursorCodec
+from bench_service.schemas import ITEM_EXPORT_FIELDS
 from bench_service.security import create_access_token
 from bench_service.settings import AppSettings, Settings
 from pydantic import SecretStr
@@ -27,14 +28,8 @@ from .report import Figure
 
 QUERIES = re.compile(r"queries=(\d+)")
 MB = 1024 * 1024
-EXPORT_QUERY = (
-    "SELECT id, project_id, name, price_cents, quantity, created_at FROM items ORDER BY id"
-)
-COPY_QUERY = (
-    "COPY (SELECT row_to_json(t) FROM ("
-    "SELECT id, project_id, name, price_cents, quantity, created_at FROM items ORDER BY id"
-    ") AS t) TO STDOUT"
-)
+EXPORT_QUERY = f"SELECT {', '.join(ITEM_EXPORT_FIELDS)} FROM items ORDER BY id"
+COPY_QUERY = f"COPY (SELECT row_to_json(t) FROM ({EXPORT_QUERY}) AS t) TO STDOUT"
 
 
 @dataclass(frozen=True)

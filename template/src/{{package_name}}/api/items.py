@@ -1,25 +1,19 @@
 """Items: a full export, streamed as PostgreSQL's own COPY output (or from a server-side cursor
 on other databases), on a connection checked out before the response starts."""
 
-from enum import StrEnum
 from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Query
 
 from ..db import queries
-from ..db.export import export
+from ..db.export import ExportFormat, export
 from ..deps import ResourcesDep
 from ..errors import documented
 from ..security import OptionalCallerId
 from ..streaming import ClosingStreamingResponse
 
 router = APIRouter(prefix="/items", tags=["items"], responses=documented(503))
-
-
-class ExportFormat(StrEnum):
-    ndjson = "ndjson"
-    csv = "csv"
 
 
 @router.get(
@@ -39,7 +33,7 @@ async def export_items(
     conn = await resources.engine.connect()
     batch_size = resources.settings.app.export_batch_size
     query = queries.export_query(viewer)
-    chunks = export(conn, query, export_format.value, batch_size=batch_size)
+    chunks = export(conn, query, export_format, batch_size=batch_size)
     try:
         # The statement runs up to its first rows before the response starts: its time is in
         # Server-Timing, and its failure is answered as on every route, not as a cut stream.
@@ -49,12 +43,11 @@ async def export_items(
             await chunks.aclose()
             await conn.close()
         raise
-    media_type = "application/x-ndjson" if export_format is ExportFormat.ndjson else "text/csv"
     filename = f"items.{export_format.value}"
     return ClosingStreamingResponse(
         chunks,
         first=first,
-        media_type=media_type,
+        media_type=export_format.media_type,
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         on_close=conn.close,
     )
