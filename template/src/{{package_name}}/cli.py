@@ -25,7 +25,7 @@ from .db import migrate
 from .db.engine import SchemaBehind, create_engine
 from .db.seed import DEMO_PASSWORD, UNUSABLE_PASSWORD_HASH
 from .db.seed import seed as seed_database
-from .logs import configure_logging
+from .observability.logs import configure_logging
 from .security import hash_password
 from .server import BoundedHttpToolsProtocol
 from .settings import UPGRADE_ADVICE, Settings, SettingsError, get_settings

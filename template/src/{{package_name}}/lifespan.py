@@ -18,8 +18,8 @@ from .db.engine import (
     create_sessionmaker,
 )
 from .deps import Resources
-from .observability import observe_resources
-from .request_log import InFlight
+from .observability.request_log import InFlight
+from .observability.resources import observe_resources
 from .settings import Settings
 
 logger = logging.getLogger(__name__)

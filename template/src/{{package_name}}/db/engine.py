@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
+from ..observability.timing import current_timings
 from ..settings import UPGRADE_ADVICE, DatabaseSettings
-from ..timing import current_timings
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from pydantic_core import to_json
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ..observability.timing import current_timings
 from ..schemas import assume_utc
-from ..timing import current_timings
 from .json_rows import json_value
 
 

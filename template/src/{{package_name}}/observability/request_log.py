@@ -17,14 +17,15 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import internal_error, shutting_down
+from ..errors import internal_error, shutting_down
 from .logs import current_request_id
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Letters, digits and ._- only: the id goes into log lines and headers, never anything else.
 VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
-access_logger = logging.getLogger(f"{__package__}.access")
+# "<service package>.access": the name log filters and dashboards use.
+access_logger = logging.getLogger(f"{__name__.partition('.')[0]}.access")
 
 # An unmatched request's path is logged as sent, cut to this many characters: enough to see what
 # a client asked for, bounded whatever it sent.
