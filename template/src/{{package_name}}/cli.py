@@ -25,9 +25,9 @@ from .db import migrate
 from .db.engine import SchemaBehind, create_engine
 from .db.seed import DEMO_PASSWORD, UNUSABLE_PASSWORD_HASH
 from .db.seed import seed as seed_database
+from .http_protocol import BoundedHttpToolsProtocol
 from .observability.logs import configure_logging
 from .security import hash_password
-from .server import BoundedHttpToolsProtocol
 from .settings import UPGRADE_ADVICE, Settings, SettingsError, get_settings
 
 # What --reload watches: this package, not the working directory (its .venv alone holds
@@ -178,7 +178,7 @@ def serve(
             reload=reload,
             reload_dirs=[str(SOURCE_DIR)] if reload else None,
             loop="auto",
-            # Header size, request timeouts and the connection limit (server.py).
+            # Header size, request timeouts and the connection limit (http_protocol.py).
             http=BoundedHttpToolsProtocol,
             timeout_keep_alive=settings.app.keep_alive_seconds,
             timeout_graceful_shutdown=graceful_timeout,

@@ -120,7 +120,7 @@ class AccessLogMiddleware:
     (logs.py).
 
     A client that leaves before its request is complete is logged 499 (nginx's "client closed
-    request"), or 408 when the server timed its body out (server.py), without a traceback.
+    request"), or 408 when the server timed its body out (http_protocol.py), without a traceback.
     """
 
     def __init__(
@@ -161,8 +161,8 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_with_request_id)
         except ClientDisconnect:
-            # The client left, or stalled mid-body and the server answered 408 (server.py), before
-            # the request was complete: nothing for the app to answer, no error of the service.
+            # The client left, or stalled mid-body and the server answered 408 (http_protocol.py),
+            # before the request was complete: nothing for the app to answer, no error of ours.
             if not started:
                 status = 408 if scope.get("request_timed_out") else 499
         except asyncio.CancelledError:
