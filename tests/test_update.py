@@ -730,13 +730,12 @@ def _last_version_with(path: str) -> str:
     return last if shipped.returncode == 0 else f"{last}^"
 
 
-@pytest.fixture(scope="module")
-def twins_release_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """0.1.0: the last real commit of this repository that shipped the twins; 0.2.0: this
-    working tree (uncommitted edits included)."""
-    repo = tmp_path_factory.mktemp("twins") / "copier-fastapi-perf"
+def _release_after(tmp_path_factory: pytest.TempPathFactory, shipped: str) -> Path:
+    """0.1.0: the last real commit of this repository whose template shipped ``shipped`` (a
+    project path); 0.2.0: this working tree (uncommitted edits included)."""
+    repo = tmp_path_factory.mktemp("release") / "copier-fastapi-perf"
     repo.mkdir()
-    old = _last_version_with(f"template/{TWIN_FILE.format(package_name='{{package_name}}')}")
+    old = _last_version_with(f"template/{shipped.format(package_name='{{package_name}}')}")
     archive = subprocess.run(
         ["git", "archive", "--format=tar", old], cwd=REPO_ROOT, capture_output=True, check=True
     ).stdout
@@ -749,6 +748,11 @@ def twins_release_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     commit(repo, f"release {V2}")
     git(repo, "tag", V2)
     return repo
+
+
+@pytest.fixture(scope="module")
+def twins_release_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _release_after(tmp_path_factory, TWIN_FILE)
 
 
 @pytest.mark.slow  # checks the updated service: lint, types, its tests
@@ -806,3 +810,48 @@ def test_update_keeps_an_edited_twin_as_a_conflict(
     copier_update(project)
     assert runner.read_text() == edited
     assert files_with_markers(project) == set()
+
+
+# ------------------------------------------------------------------ files the template moved
+
+# Issue 26's layout moved modules into packages and renamed others; each old path is in
+# hooks/removed_files.json. (old path, new path), under src/<package>/.
+MOVED = [
+    ("observability.py", "observability/resources.py"),
+    ("timing.py", "observability/timing.py"),
+    ("request_log.py", "observability/request_log.py"),
+    ("logs.py", "observability/logs.py"),
+    ("metrics.py", "observability/metrics.py"),
+    ("tracing.py", "observability/tracing.py"),
+    ("server.py", "http_protocol.py"),
+]
+USER_OBSERVABILITY_LINE = "# Our own pool gauges go here, added by the team.\n"
+
+
+@pytest.fixture(scope="module")
+def moved_release_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _release_after(tmp_path_factory, "src/{package_name}/observability.py")
+
+
+def test_update_keeps_an_edited_moved_file_as_a_conflict(
+    moved_release_repo: Path, tmp_path: Path
+) -> None:
+    project = tmp_path / "update-demo"
+    copier_copy(moved_release_repo, project, V1, cache_backend="redis")
+    commit(project, "Generate the service")
+    assert all((project / SRC / old).is_file() for old, _ in MOVED)
+    edited_path = f"{SRC}/observability.py"
+    edited = (project / edited_path).read_text() + USER_OBSERVABILITY_LINE
+    (project / edited_path).write_text(edited)
+    commit(project, "Our gauges")
+
+    output = copier_update(project)
+
+    # The team's version at the old path, nothing on the template's side: nothing is lost.
+    assert f"{edited_path}: the template no longer ships this file and you had edited it" in output
+    assert conflicts(project / edited_path) == [(edited, "")]
+    assert files_with_markers(project) == {edited_path}
+    # The unedited ones (tracing.py rendered for Redis) moved without a trace; every new path is
+    # the template's.
+    assert [old for old, _ in MOVED if (project / SRC / old).exists()] == ["observability.py"]
+    assert all((project / SRC / new).is_file() for _, new in MOVED)
