@@ -20,8 +20,9 @@ from sqlalchemy import text
 
 from .cache_keys import delete_bench_keys
 from .data import BenchDatabase, create_database, drop_database, seed_bench
+from .harness import Bench, BenchConfig
 from .report import Report
-from .runner import Bench, BenchConfig, run_figures
+from .runner import run_figures
 
 APPS = f"{__package__}.apps"
 # name -> app factory in bench/apps.py

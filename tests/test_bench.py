@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import runpy
 import shutil
 
 import pytest
@@ -119,3 +120,15 @@ def test_a_generated_service_has_no_twin_code(render, combo: Combination) -> Non
 
     assert not found, found
     assert {path.name for path in (package / "bench").iterdir()} - {"__pycache__"} == SERVICE_BENCH
+
+
+def test_the_bench_imports_nothing_in_a_circle(tmp_path) -> None:
+    """The generated service's own import check (template/tests/test_imports.py), over bench/:
+    its figures are built on bench/harness.py, which imports none of them back."""
+    check = runpy.run_path(str(REPO_ROOT / "template" / "tests" / "test_imports.py"))
+    shutil.copytree(REPO_ROOT / "bench", tmp_path / "bench")
+
+    graph = check["import_graph"](tmp_path)
+
+    assert {"bench.harness", "bench.runner", "bench.pooler"} <= set(graph)
+    assert check["find_circle"](graph) is None
