@@ -17,18 +17,10 @@ from ..db.json_rows import json_array
 from ..deps import CacheDep, DbDep, Resources, ResourcesDep, resources_of
 from ..errors import documented
 from ..http_cache import VARY, cached_json, json_with_etag
-from ..pagination import (
-    CursorPage,
-    KeysetDep,
-    OffsetDep,
-    OffsetParams,
-    Page,
-    cursor_page_json,
-    next_cursor,
-    page_json,
-)
+from ..pagination import CursorPage, KeysetDep, OffsetDep, Page, cursor_page_json, next_cursor
 from ..schemas import ProjectCreate, ProjectPublic, ProjectUpdate, RowId, TaskAccepted
 from ..security import CurrentUserId, caller_of, unauthorized
+from .route_helpers import cached_page
 
 logger = logging.getLogger(__name__)
 
@@ -49,32 +41,6 @@ async def invalidate_project(cache: Cache, project_id: int) -> None:
     await cache.invalidate_namespace(LIST_NAMESPACE)
 
 
-def _viewer_parts(viewer: int | None) -> tuple[object, ...]:
-    # What a signed-in caller sees includes their private projects: their own keys.
-    return () if viewer is None else ("user", viewer)
-
-
-async def _total(db: queries.Db, cache: Cache, viewer: int | None) -> int:
-    """The count of projects ``viewer`` sees, cached in the list namespace: every write that
-    can change it invalidates that namespace, so a page never shows a count older than its
-    items."""
-
-    async def count() -> bytes:
-        return str(await queries.count_projects(db, viewer)).encode()
-
-    key = await cache.namespace_key(LIST_NAMESPACE, "total", *_viewer_parts(viewer))
-    return int(await cache.get_or_set(key, count))
-
-
-async def _load_page(resources: Resources, params: OffsetParams, viewer: int | None) -> bytes:
-    async with queries.open_db(resources.engine) as db:
-        items = await queries.project_page_json(
-            db, offset=params.offset, limit=params.page_size, viewer=viewer
-        )
-        total = await _total(db, resources.cache, viewer)
-    return page_json(total=total, params=params, items=items)
-
-
 @router.get(
     "",
     response_model=Page[ProjectPublic],
@@ -82,19 +48,20 @@ async def _load_page(resources: Resources, params: OffsetParams, viewer: int | N
     openapi_extra=OPTIONAL_TOKEN,
 )
 async def list_projects(request: Request, params: OffsetDep) -> Response:
-    resources = resources_of(request)
     viewer = caller_of(request)
 
-    async def load() -> bytes:
-        return await _load_page(resources, params, viewer)
+    async def items(db: queries.Db) -> bytes:
+        return await queries.project_page_json(
+            db, offset=params.offset, limit=params.page_size, viewer=viewer
+        )
 
-    if params.page > resources.settings.cache.cached_list_pages:
-        return json_with_etag(request, await load(), viewer=viewer)
-    cache = resources.cache
-    key = await cache.namespace_key(
-        LIST_NAMESPACE, *_viewer_parts(viewer), params.page, params.page_size
+    async def count(db: queries.Db) -> int:
+        return await queries.count_projects(db, viewer)
+
+    resources = resources_of(request)
+    return await cached_page(
+        request, resources, LIST_NAMESPACE, params, viewer=viewer, items=items, count=count
     )
-    return await cached_json(request, cache, key, load, viewer=viewer)
 
 
 @router.get(
