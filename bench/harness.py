@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from bench_service.bench.driver import LoadGenerator, LoadResult
-from bench_service.bench.servers import Server
 from bench_service.security import create_access_token
 from bench_service.settings import AppSettings, Settings
+from bench_service_bench.driver import LoadGenerator, LoadResult
+from bench_service_bench.servers import Server
 from pydantic import SecretStr
 
 from .data import BenchDatabase

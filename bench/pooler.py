@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench_service.bench import servers as bench_servers
+from bench_service_bench import servers as bench_servers
 from sqlalchemy.engine import make_url
 
 from .harness import Bench, Load

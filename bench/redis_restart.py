@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from bench_service.bench import servers as bench_servers
 from bench_service.settings import Settings
+from bench_service_bench import servers as bench_servers
 
 from .harness import Bench, statements_of
 from .report import Figure

@@ -7,12 +7,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from bench_service.bench.driver import LoadResult, run_python
-from bench_service.bench.load import Spec
-from bench_service.bench.servers import HOST
 from bench_service.pagination import CursorCodec
 from bench_service.schemas import ITEM_EXPORT_FIELDS
 from bench_service.settings import Settings
+from bench_service_bench.driver import LoadResult, run_python
+from bench_service_bench.load import Spec
+from bench_service_bench.servers import HOST
 from sqlalchemy.engine import make_url
 
 from .apps import CEILING_PAGE_PATH, CEILING_PATH, FIFTY_PATH

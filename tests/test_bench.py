@@ -101,8 +101,8 @@ def test_twins_do_the_work_of_the_real_endpoints(synced, servers) -> None:
 
 # What exists only to prove the template's patterns, and so must not be in a service.
 TWIN_MARKERS = ("starlette.middleware.base", "projects-naive", "CEILING_", "/bench/")
-# The service's bench/ is its load-test command: the command, its load generators, its servers
-# and the bare route it compares with.
+# The service's load-test command, a development tool beside its package (src/<package>_bench):
+# the command, its load generators, its servers and the bare route it compares with.
 SERVICE_BENCH = {"__init__.py", "bare.py", "command.py", "driver.py", "load.py", "servers.py"}
 
 
@@ -119,7 +119,9 @@ def test_a_generated_service_has_no_twin_code(render, combo: Combination) -> Non
     }
 
     assert not found, found
-    assert {path.name for path in (package / "bench").iterdir()} - {"__pycache__"} == SERVICE_BENCH
+    tool = package.with_name(f"{package.name}_bench")
+    assert {path.name for path in tool.iterdir()} - {"__pycache__"} == SERVICE_BENCH
+    assert not (package / "bench").exists()  # not in the product package: not in the wheel
 
 
 def test_the_bench_imports_nothing_in_a_circle(tmp_path) -> None:

@@ -814,16 +814,22 @@ def test_update_keeps_an_edited_twin_as_a_conflict(
 
 # ------------------------------------------------------------------ files the template moved
 
-# Issue 26's layout moved modules into packages and renamed others; each old path is in
-# hooks/removed_files.json. (old path, new path), under src/<package>/.
+# Issue 26's layout moved modules into packages, renamed others, and moved the load-test command
+# out of the service's package; each old path is in hooks/removed_files.json. (old, new), under
+# src/.
+PKG = "update_demo"
 MOVED = [
-    ("observability.py", "observability/resources.py"),
-    ("timing.py", "observability/timing.py"),
-    ("request_log.py", "observability/request_log.py"),
-    ("logs.py", "observability/logs.py"),
-    ("metrics.py", "observability/metrics.py"),
-    ("tracing.py", "observability/tracing.py"),
-    ("server.py", "http_protocol.py"),
+    (f"{PKG}/observability.py", f"{PKG}/observability/resources.py"),
+    (f"{PKG}/timing.py", f"{PKG}/observability/timing.py"),
+    (f"{PKG}/request_log.py", f"{PKG}/observability/request_log.py"),
+    (f"{PKG}/logs.py", f"{PKG}/observability/logs.py"),
+    (f"{PKG}/metrics.py", f"{PKG}/observability/metrics.py"),
+    (f"{PKG}/tracing.py", f"{PKG}/observability/tracing.py"),
+    (f"{PKG}/server.py", f"{PKG}/http_protocol.py"),
+    *(
+        (f"{PKG}/bench/{name}.py", f"{PKG}_bench/{name}.py")
+        for name in ("__init__", "bare", "command", "driver", "load", "servers")
+    ),
 ]
 USER_OBSERVABILITY_LINE = "# Our own pool gauges go here, added by the team.\n"
 
@@ -839,7 +845,7 @@ def test_update_keeps_an_edited_moved_file_as_a_conflict(
     project = tmp_path / "update-demo"
     copier_copy(moved_release_repo, project, V1, cache_backend="redis")
     commit(project, "Generate the service")
-    assert all((project / SRC / old).is_file() for old, _ in MOVED)
+    assert all((project / "src" / old).is_file() for old, _ in MOVED)
     edited_path = f"{SRC}/observability.py"
     edited = (project / edited_path).read_text() + USER_OBSERVABILITY_LINE
     (project / edited_path).write_text(edited)
@@ -853,5 +859,5 @@ def test_update_keeps_an_edited_moved_file_as_a_conflict(
     assert files_with_markers(project) == {edited_path}
     # The unedited ones (tracing.py rendered for Redis) moved without a trace; every new path is
     # the template's.
-    assert [old for old, _ in MOVED if (project / SRC / old).exists()] == ["observability.py"]
-    assert all((project / SRC / new).is_file() for _, new in MOVED)
+    assert [old for old, _ in MOVED if (project / "src" / old).exists()] == [MOVED[0][0]]
+    assert all((project / "src" / new).is_file() for _, new in MOVED)

@@ -1,6 +1,7 @@
 """Command line: serve, db upgrade and downgrade, seed, bench."""
 
 import asyncio
+import importlib
 import logging
 import os
 import shutil
@@ -19,7 +20,6 @@ from sqlalchemy.engine import make_url
 from typer.core import TyperGroup
 
 from .api.projects import LIST_NAMESPACE
-from .bench.command import bench
 from .cache import create_cache
 from .db import migrate
 from .db.engine import SchemaBehind, create_engine
@@ -58,7 +58,19 @@ _DEBUG = f"{__package__}.debug"
 app = typer.Typer(help=__doc__, no_args_is_help=True, cls=_ExplainedErrors)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-app.command()(bench)
+
+
+def _add_development_commands() -> None:
+    """``bench`` (load-test a route) is a development tool, ``src/<package>_bench``, outside
+    the wheel and the image: registered only where it can be imported (a checkout)."""
+    try:
+        tool = importlib.import_module(f"{__package__}_bench.command")
+    except ModuleNotFoundError:
+        return
+    app.command()(tool.bench)
+
+
+_add_development_commands()
 
 
 @app.callback()

@@ -24,7 +24,8 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 LOAD_GENERATORS = ("auto", "wrk", "python")
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token
 QUERIES = re.compile(r"queries=(\d+)")
-SERVICE_APP = __name__.removesuffix(".bench.command") + ".main:create_app"
+# The service is the package this one is named after: <package>_bench tests <package>.
+SERVICE_APP = __name__.removesuffix("_bench.command") + ".main:create_app"
 BARE_APP = f"{__package__}.bare:create_bare_app"
 COLUMNS = (
     "req/s",
