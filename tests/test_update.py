@@ -449,6 +449,8 @@ def test_rename_package_hook(tmp_path: Path) -> None:
     answers.write_text("_commit: 0.1.0\npackage_name: demo\n")
     (tmp_path / "src" / "demo").mkdir(parents=True)
     (tmp_path / "src" / "demo" / "ours.py").write_text("# the team's module\n")
+    (tmp_path / "src" / "demo_bench").mkdir()
+    (tmp_path / "src" / "demo_bench" / "command.py").write_text("# the team's bench\n")
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "test_ours.py").write_text("from demo.ours import x\n")
     commit(tmp_path, "project")
@@ -464,6 +466,8 @@ def test_rename_package_hook(tmp_path: Path) -> None:
     assert (moved.returncode, again.returncode) == (0, 0), moved.stderr + again.stderr
     assert (tmp_path / "src/renamed/ours.py").read_text() == "# the team's module\n"
     assert not (tmp_path / "src/demo").exists()
+    assert (tmp_path / "src/renamed_bench/command.py").read_text() == "# the team's bench\n"
+    assert not (tmp_path / "src/demo_bench").exists()
     # Staged as a rename (copier merges what is in the index); the team's test still imports
     # the old name and is listed.
     assert (
