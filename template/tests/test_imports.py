@@ -105,6 +105,24 @@ def test_the_service_imports_nothing_in_a_circle() -> None:
     assert circle is None, "import circle: " + " -> ".join(circle or [])
 
 
+# The app's wiring: what the data layer (db/) must never import, so that queries stay usable from
+# the CLI, jobs and tests without an app.
+WIRING = ("main", "cli", "lifespan", "deps", "api")
+
+
+def test_the_data_layer_imports_no_app_wiring() -> None:
+    graph = import_graph(SRC)
+    service = next(name for name in graph if "." not in name and not name.endswith("_bench"))
+    wiring = {f"{service}.{name}" for name in WIRING}
+    found = {
+        module: sorted(t for t in targets if t in wiring or t.rpartition(".")[0] in wiring)
+        for module, targets in graph.items()
+        if module.startswith(f"{service}.db")
+    }
+
+    assert {module: targets for module, targets in found.items() if targets} == {}
+
+
 def test_a_planted_circle_is_found(tmp_path: Path) -> None:
     package = tmp_path / "service"
     (package / "api").mkdir(parents=True)
