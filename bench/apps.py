@@ -9,9 +9,9 @@ import time
 
 from bench_service.main import create_app
 from bench_service.middleware import TimingMiddleware
+from bench_service.observability.timing import RequestTimings, current_timings
 from bench_service.schemas import OwnerPublic
 from bench_service.settings import Settings, get_settings
-from bench_service.timing import RequestTimings, current_timings
 from fastapi import FastAPI, Request, Response
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.types import ASGIApp

@@ -16,11 +16,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench_service.bench import servers as bench_servers
+from bench_service_bench import servers as bench_servers
 from sqlalchemy.engine import make_url
 
+from .harness import Bench, Load
 from .report import Figure
-from .runner import Bench, Load
 
 PATH = "/api/v1/projects/cursor?limit=20"
 POOL_SIZE = 20

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from bench_service.bench import servers as bench_servers
 from bench_service.settings import Settings
+from bench_service_bench import servers as bench_servers
 
+from .harness import Bench, statements_of
 from .report import Figure
-from .runner import Bench, statements_of
 
 # Seconds of reads with Redis gone, before it is started again.
 DOWN_SECONDS = 1.0

@@ -5,8 +5,8 @@ cannot be reached in a deployed service.
 """
 
 from bench_service.db.models import Project, User
+from bench_service.deps import DbDep
 from bench_service.http_cache import json_with_etag
-from bench_service.lifespan import SessionDep
 from bench_service.pagination import OffsetDep, Page
 from bench_service.schemas import OwnerPublic, ProjectPublic
 from fastapi import APIRouter, Request, Response
@@ -16,13 +16,14 @@ router = APIRouter(prefix="/bench", tags=["bench"], include_in_schema=False)
 
 
 @router.get("/projects-naive")
-async def list_projects_naive(request: Request, session: SessionDep, params: OffsetDep) -> Response:
+async def list_projects_naive(request: Request, db: DbDep, params: OffsetDep) -> Response:
     """``GET /api/v1/projects`` (anonymous: public projects) loaded the N+1 way: one owner query
     per project on the page.
 
     The owner relationship is ``lazy="raise"``, so the N+1 is spelled out as explicit selects; the
     JSON and headers are what the eager endpoint returns.
     """
+    session = db.session
     public = Project.private.is_(false())
     total = await session.scalar(select(func.count()).select_from(Project).where(public))
     projects = await session.scalars(

@@ -10,18 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from bench_service.bench import servers as bench_servers
-from bench_service.bench.driver import load_generator
 from bench_service.db import migrate
 from bench_service.db.engine import create_engine
 from bench_service.settings import DatabaseSettings, Settings, get_settings
+from bench_service_bench import servers as bench_servers
+from bench_service_bench.driver import load_generator
 from rich.progress import Progress, TaskID
 from sqlalchemy import text
 
 from .cache_keys import delete_bench_keys
 from .data import BenchDatabase, create_database, drop_database, seed_bench
+from .harness import Bench, BenchConfig
 from .report import Report
-from .runner import Bench, BenchConfig, run_figures
+from .runner import run_figures
 
 APPS = f"{__package__}.apps"
 # name -> app factory in bench/apps.py

@@ -4,9 +4,10 @@ and files in src/OLD/ must follow it instead of being deleted with the old path.
 Usage: rename_package.py before ANSWERS_FILE NEW_NAME
        rename_package.py after ANSWERS_FILE
 
-before (NEW_NAME is the -d answer, empty when none was given): move src/OLD to src/NEW with
-`git mv` before copier merges (copier merges what is in the git index), as hooks/move_path.py does
-for one file, and list the files outside it that still import OLD.
+before (NEW_NAME is the -d answer, empty when none was given): move src/OLD to src/NEW (and
+src/OLD_bench, the load-test command, to src/NEW_bench) with `git mv` before copier merges
+(copier merges what is in the git index), as hooks/move_path.py does for one file, and list the
+files outside it that still import OLD.
 
 after: if package_name changed without that move (a new name typed at an interactive prompt, which
 copier asks only after the "before" migrations ran), copier has deleted src/OLD; fail with the
@@ -63,6 +64,11 @@ def before(answers_file: str, new: str) -> int:
     _git("mv", "--", str(source), str(target))
     _marker().write_text(f"{old} {new}\n", encoding="utf-8")
     print(f"moved src/{old} -> src/{new}", file=sys.stderr)
+    # The load-test command beside the package (src/<package>_bench) is named after it.
+    tool, new_tool = Path("src", f"{old}_bench"), Path("src", f"{new}_bench")
+    if tool.is_dir() and not new_tool.exists():
+        _git("mv", "--", str(tool), str(new_tool))
+        print(f"moved {tool} -> {new_tool}", file=sys.stderr)
     pattern = rf"^\s*(from|import)\s+{re.escape(old)}\b"
     found = subprocess.run(
         ["git", "grep", "-l", "-E", pattern, "--", ".", f":!src/{new}"],

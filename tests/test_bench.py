@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import runpy
 import shutil
 
 import pytest
@@ -100,8 +101,8 @@ def test_twins_do_the_work_of_the_real_endpoints(synced, servers) -> None:
 
 # What exists only to prove the template's patterns, and so must not be in a service.
 TWIN_MARKERS = ("starlette.middleware.base", "projects-naive", "CEILING_", "/bench/")
-# The service's bench/ is its load-test command: the command, its load generators, its servers
-# and the bare route it compares with.
+# The service's load-test command, a development tool beside its package (src/<package>_bench):
+# the command, its load generators, its servers and the bare route it compares with.
 SERVICE_BENCH = {"__init__.py", "bare.py", "command.py", "driver.py", "load.py", "servers.py"}
 
 
@@ -118,4 +119,18 @@ def test_a_generated_service_has_no_twin_code(render, combo: Combination) -> Non
     }
 
     assert not found, found
-    assert {path.name for path in (package / "bench").iterdir()} - {"__pycache__"} == SERVICE_BENCH
+    tool = package.with_name(f"{package.name}_bench")
+    assert {path.name for path in tool.iterdir()} - {"__pycache__"} == SERVICE_BENCH
+    assert not (package / "bench").exists()  # not in the product package: not in the wheel
+
+
+def test_the_bench_imports_nothing_in_a_circle(tmp_path) -> None:
+    """The generated service's own import check (template/tests/test_imports.py), over bench/:
+    its figures are built on bench/harness.py, which imports none of them back."""
+    check = runpy.run_path(str(REPO_ROOT / "template" / "tests" / "test_imports.py"))
+    shutil.copytree(REPO_ROOT / "bench", tmp_path / "bench")
+
+    graph = check["import_graph"](tmp_path)
+
+    assert {"bench.harness", "bench.runner", "bench.pooler"} <= set(graph)
+    assert check["find_circle"](graph) is None

@@ -617,6 +617,8 @@ def test_rename_package_hook(tmp_path: Path) -> None:
     answers.write_text("_commit: 0.1.0\npackage_name: demo\n")
     (tmp_path / "src" / "demo").mkdir(parents=True)
     (tmp_path / "src" / "demo" / "ours.py").write_text("# the team's module\n")
+    (tmp_path / "src" / "demo_bench").mkdir()
+    (tmp_path / "src" / "demo_bench" / "command.py").write_text("# the team's bench\n")
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "test_ours.py").write_text("from demo.ours import x\n")
     commit(tmp_path, "project")
@@ -632,6 +634,8 @@ def test_rename_package_hook(tmp_path: Path) -> None:
     assert (moved.returncode, again.returncode) == (0, 0), moved.stderr + again.stderr
     assert (tmp_path / "src/renamed/ours.py").read_text() == "# the team's module\n"
     assert not (tmp_path / "src/demo").exists()
+    assert (tmp_path / "src/renamed_bench/command.py").read_text() == "# the team's bench\n"
+    assert not (tmp_path / "src/demo_bench").exists()
     # Staged as a rename (copier merges what is in the index); the team's test still imports
     # the old name and is listed.
     assert (
@@ -898,13 +902,12 @@ def _last_version_with(path: str) -> str:
     return last if shipped.returncode == 0 else f"{last}^"
 
 
-@pytest.fixture(scope="module")
-def twins_release_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """0.1.0: the last real commit of this repository that shipped the twins; 0.2.0: this
-    working tree (uncommitted edits included)."""
-    repo = tmp_path_factory.mktemp("twins") / "copier-fastapi-perf"
+def _release_after(tmp_path_factory: pytest.TempPathFactory, shipped: str) -> Path:
+    """0.1.0: the last real commit of this repository whose template shipped ``shipped`` (a
+    project path); 0.2.0: this working tree (uncommitted edits included)."""
+    repo = tmp_path_factory.mktemp("release") / "copier-fastapi-perf"
     repo.mkdir()
-    old = _last_version_with(f"template/{TWIN_FILE.format(package_name='{{package_name}}')}")
+    old = _last_version_with(f"template/{shipped.format(package_name='{{package_name}}')}")
     archive = subprocess.run(
         ["git", "archive", "--format=tar", old], cwd=REPO_ROOT, capture_output=True, check=True
     ).stdout
@@ -917,6 +920,11 @@ def twins_release_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     commit(repo, f"release {V2}")
     git(repo, "tag", V2)
     return repo
+
+
+@pytest.fixture(scope="module")
+def twins_release_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _release_after(tmp_path_factory, TWIN_FILE)
 
 
 @pytest.mark.slow  # checks the updated service: lint, types, its tests
@@ -974,3 +982,54 @@ def test_update_keeps_an_edited_twin_as_a_conflict(
     copier_update(project)
     assert runner.read_text() == edited
     assert files_with_markers(project) == set()
+
+
+# ------------------------------------------------------------------ files the template moved
+
+# Issue 26's layout moved modules into packages, renamed others, and moved the load-test command
+# out of the service's package; each old path is in hooks/removed_files.json. (old, new), under
+# src/.
+PKG = "update_demo"
+MOVED = [
+    (f"{PKG}/observability.py", f"{PKG}/observability/resources.py"),
+    (f"{PKG}/timing.py", f"{PKG}/observability/timing.py"),
+    (f"{PKG}/request_log.py", f"{PKG}/observability/request_log.py"),
+    (f"{PKG}/logs.py", f"{PKG}/observability/logs.py"),
+    (f"{PKG}/metrics.py", f"{PKG}/observability/metrics.py"),
+    (f"{PKG}/tracing.py", f"{PKG}/observability/tracing.py"),
+    (f"{PKG}/server.py", f"{PKG}/http_protocol.py"),
+    *(
+        (f"{PKG}/bench/{name}.py", f"{PKG}_bench/{name}.py")
+        for name in ("__init__", "bare", "command", "driver", "load", "servers")
+    ),
+]
+USER_OBSERVABILITY_LINE = "# Our own pool gauges go here, added by the team.\n"
+
+
+@pytest.fixture(scope="module")
+def moved_release_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _release_after(tmp_path_factory, "src/{package_name}/observability.py")
+
+
+def test_update_keeps_an_edited_moved_file_as_a_conflict(
+    moved_release_repo: Path, tmp_path: Path
+) -> None:
+    project = tmp_path / "update-demo"
+    copier_copy(moved_release_repo, project, V1, cache_backend="redis")
+    commit(project, "Generate the service")
+    assert all((project / "src" / old).is_file() for old, _ in MOVED)
+    edited_path = f"{SRC}/observability.py"
+    edited = (project / edited_path).read_text() + USER_OBSERVABILITY_LINE
+    (project / edited_path).write_text(edited)
+    commit(project, "Our gauges")
+
+    output = copier_update(project)
+
+    # The team's version at the old path, nothing on the template's side: nothing is lost.
+    assert f"{edited_path}: the template no longer ships this file and you had edited it" in output
+    assert conflicts(project / edited_path) == [(edited, "")]
+    assert files_with_markers(project) == {edited_path}
+    # The unedited ones (tracing.py rendered for Redis) moved without a trace; every new path is
+    # the template's.
+    assert [old for old, _ in MOVED if (project / "src" / old).exists()] == [MOVED[0][0]]
+    assert all((project / "src" / new).is_file() for _, new in MOVED)

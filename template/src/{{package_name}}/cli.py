@@ -1,10 +1,11 @@
-"""Command line: serve, db upgrade and downgrade, seed, bench.
+"""Command line: serve, db upgrade and downgrade, seed, bench."""
 
-Each command imports what it runs when it runs: importing the app, the database layer and the
-migration tool takes ~2 s of CPU, which `--help` and a start refused for bad settings (one line)
-should not pay."""
+# Each command imports what it runs when it runs: importing the app, the database layer and the
+# migration tool takes ~2 s of CPU, which `--help` and a start refused for bad settings (one
+# line) should not pay.
 
 import asyncio
+import importlib
 import logging
 import os
 import shutil
@@ -19,7 +20,6 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from .bench.command import bench
 from .settings import UPGRADE_ADVICE, Settings, SettingsError, get_settings
 
 # What --reload watches: this package, not the working directory (its .venv alone holds
@@ -50,7 +50,19 @@ _DEBUG = f"{__package__}.debug"
 app = typer.Typer(help=__doc__, no_args_is_help=True, cls=_ExplainedErrors)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-app.command()(bench)
+
+
+def _add_development_commands() -> None:
+    """``bench`` (load-test a route) is a development tool, ``src/<package>_bench``, outside
+    the wheel and the image: registered only where it can be imported (a checkout)."""
+    try:
+        tool = importlib.import_module(f"{__package__}_bench.command")
+    except ModuleNotFoundError:
+        return
+    app.command()(tool.bench)
+
+
+_add_development_commands()
 
 
 @app.callback()
@@ -156,8 +168,8 @@ def serve(
     clients and connections)."""
     import uvicorn
 
-    from .logs import configure_logging
-    from .server import BoundedHttpToolsProtocol
+    from .http_protocol import BoundedHttpToolsProtocol
+    from .observability.logs import configure_logging
 
     settings = get_settings()
     configure_logging(settings.app)
@@ -180,7 +192,7 @@ def serve(
             reload=reload,
             reload_dirs=[str(SOURCE_DIR)] if reload else None,
             loop="auto",
-            # Header size, request timeouts and the connection limit (server.py).
+            # Header size, request timeouts and the connection limit (http_protocol.py).
             http=BoundedHttpToolsProtocol,
             timeout_keep_alive=settings.app.keep_alive_seconds,
             timeout_graceful_shutdown=graceful_timeout,

@@ -1,7 +1,7 @@
 """One error shape: ``{"detail": "..."}`` (ErrorMessage) for every error but 422, whose
 ``detail`` is a list of ValidationError. Every status a route answers is documented with it;
-what no route answers in that shape is made so on its way out (request_log.py for unhandled
-errors, middleware.py for Starlette's own plain-text answers)."""
+what no route answers in that shape is made so on its way out (observability/request_log.py for
+unhandled errors, middleware.py for Starlette's own plain-text answers)."""
 
 import json
 from collections.abc import Sequence

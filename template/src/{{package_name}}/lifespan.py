@@ -1,47 +1,32 @@
 """The lifespan owns every pooled resource: opened once at startup, closed at shutdown.
 
-Endpoints get them through the thin ``*Dep`` aliases below, never through globals.
+Endpoints get them through the thin ``*Dep`` aliases of deps.py, never through globals.
 """
 
 import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Annotated
 
 import httpx
-from fastapi import Depends, FastAPI, Request
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from fastapi import FastAPI
 
-from .cache import Cache, create_cache
+from .cache import create_cache
 from .db.engine import (
-    DatabaseUnavailable,
     create_engine,
     create_probe_engine,
     create_sessionmaker,
 )
-from .observability import observe_resources
-from .ratelimit import RateLimits, create_rate_limits
-from .request_log import InFlight
+from .deps import Resources
+from .observability.request_log import InFlight
+from .observability.resources import observe_resources
+from .ratelimit import create_rate_limits
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
 # At shutdown, how long requests the server has cancelled get to give back what they hold.
 UNWIND_SECONDS = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Resources:
-    settings: Settings
-    engine: AsyncEngine
-    # Readiness only (api/health.py): one connection per check, outside the pool.
-    probe_engine: AsyncEngine
-    sessionmaker: async_sessionmaker[AsyncSession]
-    cache: Cache
-    http: httpx.AsyncClient
-    rate_limits: RateLimits
 
 
 def create_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -91,64 +76,3 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
         await rate_limits.close()
         await engine.dispose()
         await probe_engine.dispose()
-
-
-# Dependencies are `async def` even when they never await: FastAPI runs a plain `def` dependency
-# in its thread pool, a thread hop per dependency per request.
-
-
-def resources_of(request: Request) -> Resources:
-    """The resources without a dependency: for hot endpoints (a cache hit), where resolving one
-    more dependency is a measurable part of the request."""
-    resources: Resources = request.state.resources
-    return resources
-
-
-async def get_resources(request: Request) -> Resources:
-    return resources_of(request)
-
-
-@asynccontextmanager
-async def open_session(resources: Resources) -> AsyncIterator[AsyncSession]:
-    session = resources.sessionmaker()
-    try:
-        yield session
-    finally:
-        await _close(session)
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with open_session(resources_of(request)) as session:
-        yield session
-
-
-async def _close(session: AsyncSession) -> None:
-    # This runs once the answer is made, often after it was sent: a connection that breaks now
-    # (the database restarting) must cost the pool that connection, not the client a failure.
-    try:
-        await session.close()
-    except Exception as exc:
-        if not isinstance(exc, DatabaseUnavailable):  # that one is logged once per outage
-            logger.warning("closing a database session failed (%s: %s)", type(exc).__name__, exc)
-        await session.invalidate()
-
-
-ResourcesDep = Annotated[Resources, Depends(get_resources)]
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
-
-
-async def get_cache(request: Request) -> Cache:
-    return resources_of(request).cache
-
-
-async def get_http_client(request: Request) -> httpx.AsyncClient:
-    return resources_of(request).http
-
-
-async def get_settings_dep(request: Request) -> Settings:
-    return resources_of(request).settings
-
-
-CacheDep = Annotated[Cache, Depends(get_cache)]
-HttpClientDep = Annotated[httpx.AsyncClient, Depends(get_http_client)]
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .timing import RequestTimings, current_timings
+from .observability.timing import RequestTimings, current_timings
 
 logger = logging.getLogger(__name__)
 

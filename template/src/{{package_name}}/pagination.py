@@ -7,13 +7,12 @@ import hmac
 import json
 from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Depends, Query
+from fastapi import Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from pydantic_core import to_json
 
 from .errors import invalid
-from .lifespan import SettingsDep
 from .schemas import MAX_ID
 from .settings import Settings
 
@@ -81,14 +80,22 @@ def document_max_page_size(openapi: dict[str, Any], maximum: int) -> None:
                             variant["maximum"] = maximum
 
 
+def _settings(request: Request) -> Settings:
+    # The app's own (main.create_app): read here rather than through deps.SettingsDep, so that
+    # paging depends on settings alone, not on the pooled resources.
+    settings: Settings = request.app.state.settings
+    return settings
+
+
 async def page_size(
-    settings: SettingsDep,
+    request: Request,
     page_size: Annotated[int | None, Query(ge=1, description="Items per page", **_SIZE)] = None,
     # page_size's other name (cursor pages called it limit): accepted on every page, documented
     # as page_size only.
     limit: Annotated[int | None, Query(ge=1, include_in_schema=False)] = None,
 ) -> int:
     """Items per page, from page_size or limit (the same value when both are given)."""
+    settings = _settings(request)
     if page_size is not None and limit is not None and page_size != limit:
         raise invalid(
             ("query", "limit"), "Value error, limit is another name for page_size: give one of them"
@@ -159,7 +166,7 @@ class KeysetParams(BaseModel):
 
 
 async def keyset_params(
-    settings: SettingsDep,
+    request: Request,
     size: PageSizeDep,
     cursor: Annotated[
         str | None, Query(max_length=512, description="next_cursor of the previous page")
@@ -167,7 +174,7 @@ async def keyset_params(
 ) -> KeysetParams:
     after_id = None
     if cursor is not None:
-        codec = CursorCodec(settings.app.secret_key.get_secret_value().encode())
+        codec = CursorCodec(_settings(request).app.secret_key.get_secret_value().encode())
         try:
             after_id = codec.decode(cursor).get("id")
         except ValueError:

@@ -32,6 +32,11 @@ def assume_utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[datetime, AfterValidator(assume_utc)]
 
 
+# The fields of an exported item, in order (GET /api/v1/items/export): the query of each ORM
+# selects these columns (db/queries.py), so an export's fields are changed here alone.
+ITEM_EXPORT_FIELDS = ("id", "project_id", "name", "price_cents", "quantity", "created_at")
+
+
 class ErrorMessage(BaseModel):
     """The body of every error but 422 (whose ``detail`` is a list of ValidationError)."""
 

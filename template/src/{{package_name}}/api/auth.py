@@ -12,8 +12,8 @@ import anyio
 from fastapi import APIRouter, Form, HTTPException, Response, status
 
 from ..db import accounts
+from ..deps import Resources, ResourcesDep
 from ..errors import documented
-from ..lifespan import Resources, ResourcesDep
 from ..ratelimit import Refusal
 from ..schemas import RefreshRequest, TokenPair
 from ..security import (

@@ -9,8 +9,8 @@ from fastapi import APIRouter, HTTPException, status
 
 from ..db import queries
 from ..db.queries import Db
+from ..deps import ResourcesDep
 from ..errors import documented
-from ..lifespan import ResourcesDep
 from ..schemas import Dashboard, RowId
 from ..security import OptionalCallerId
 
@@ -27,7 +27,7 @@ async def get_dashboard(
     """A user's recent projects and totals; their private projects only for themselves."""
 
     async def on_own_db(query: Callable[[Db], Awaitable[T]]) -> T:
-        async with queries.open_db(resources) as db:
+        async with queries.open_db(resources.engine) as db:
             return await query(db)
 
     try:

@@ -17,8 +17,8 @@ from fastapi.responses import FileResponse
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from ..deps import SettingsDep
 from ..errors import documented, invalid
-from ..lifespan import SettingsDep
 from ..schemas import StoredFile
 
 router = APIRouter(prefix="/files", tags=["files"])

@@ -7,7 +7,7 @@ from pydantic import BaseModel
 from sqlalchemy.pool import QueuePool
 
 from ..db import migrate
-from ..lifespan import Resources, ResourcesDep
+from ..deps import Resources, ResourcesDep
 from ..settings import UPGRADE_ADVICE
 
 router = APIRouter(prefix="/health", tags=["health"])

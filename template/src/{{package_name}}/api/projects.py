@@ -14,22 +14,13 @@ from ..cache import Cache
 from ..db import queries
 from ..db.engine import DatabaseUnavailable
 from ..db.json_rows import json_array
-from ..db.queries import DbDep
+from ..deps import CacheDep, DbDep, Resources, ResourcesDep, resources_of
 from ..errors import documented
 from ..http_cache import VARY, cached_json, json_with_etag
-from ..lifespan import CacheDep, Resources, ResourcesDep, resources_of
-from ..pagination import (
-    CursorPage,
-    KeysetDep,
-    OffsetDep,
-    OffsetParams,
-    Page,
-    cursor_page_json,
-    next_cursor,
-    page_json,
-)
+from ..pagination import CursorPage, KeysetDep, OffsetDep, Page, cursor_page_json, next_cursor
 from ..schemas import ProjectCreate, ProjectPublic, ProjectUpdate, RowId, TaskAccepted
 from ..security import CurrentUserId, caller_of, unauthorized
+from .route_helpers import cached_page
 
 logger = logging.getLogger(__name__)
 
@@ -50,31 +41,6 @@ async def invalidate_project(cache: Cache, project_id: int) -> None:
     await cache.invalidate_namespace(LIST_NAMESPACE)
 
 
-def _viewer_parts(viewer: int | None) -> tuple[object, ...]:
-    # What a signed-in caller sees includes their private projects: their own keys.
-    return () if viewer is None else ("user", viewer)
-
-
-async def _total(resources: Resources, viewer: int | None) -> int:
-    """The count of projects ``viewer`` sees, cached in the list namespace: every write that
-    can change it invalidates that namespace, so a page never shows a count older than its
-    items."""
-    cache = resources.cache
-
-    async def count() -> bytes:
-        return str(await queries.count_projects(resources, viewer)).encode()
-
-    key = await cache.namespace_key(LIST_NAMESPACE, "total", *_viewer_parts(viewer))
-    return int(await cache.get_or_set(key, count))
-
-
-async def _load_page(resources: Resources, params: OffsetParams, viewer: int | None) -> bytes:
-    items = await queries.project_page_json(
-        resources, offset=params.offset, limit=params.page_size, viewer=viewer
-    )
-    return page_json(total=await _total(resources, viewer), params=params, items=items)
-
-
 @router.get(
     "",
     response_model=Page[ProjectPublic],
@@ -82,19 +48,20 @@ async def _load_page(resources: Resources, params: OffsetParams, viewer: int | N
     openapi_extra=OPTIONAL_TOKEN,
 )
 async def list_projects(request: Request, params: OffsetDep) -> Response:
-    resources = resources_of(request)
     viewer = caller_of(request)
 
-    async def load() -> bytes:
-        return await _load_page(resources, params, viewer)
+    async def items(db: queries.Db) -> bytes:
+        return await queries.project_page_json(
+            db, offset=params.offset, limit=params.page_size, viewer=viewer
+        )
 
-    if params.page > resources.settings.cache.cached_list_pages:
-        return json_with_etag(request, await load(), viewer=viewer)
-    cache = resources.cache
-    key = await cache.namespace_key(
-        LIST_NAMESPACE, *_viewer_parts(viewer), params.page, params.page_size
+    async def count(db: queries.Db) -> int:
+        return await queries.count_projects(db, viewer)
+
+    resources = resources_of(request)
+    return await cached_page(
+        request, resources, LIST_NAMESPACE, params, viewer=viewer, items=items, count=count
     )
-    return await cached_json(request, cache, key, load, viewer=viewer)
 
 
 @router.get(
@@ -107,9 +74,10 @@ async def list_projects_by_cursor(
     request: Request, resources: ResourcesDep, params: KeysetDep
 ) -> Response:
     viewer = caller_of(request)
-    rows = await queries.projects_after_json(
-        resources, params.after_id, limit=params.limit + 1, viewer=viewer
-    )
+    async with queries.open_db(resources.engine) as db:
+        rows = await queries.projects_after_json(
+            db, params.after_id, limit=params.limit + 1, viewer=viewer
+        )
     has_more = len(rows) > params.limit
     rows = rows[: params.limit]
     cursor = next_cursor(resources.settings, rows[-1].keys[0]) if has_more else None
@@ -146,7 +114,8 @@ async def get_project(project_id: ProjectId, request: Request) -> Response:
     viewer = caller_of(request)
 
     async def load() -> bytes:
-        project = await queries.get_project_json(resources, project_id)
+        async with queries.open_db(resources.engine) as db:
+            project = await queries.get_project_json(db, project_id)
         if project is None:
             raise _not_found(project_id)
         owner_id, private = project.keys
@@ -220,7 +189,7 @@ async def recount_items(resources: Resources, project_id: int) -> None:
     answer, so a failure is logged here; raised, it would reach the server as an error after the
     response and cost the client its keep-alive connection."""
     try:
-        async with queries.open_db(resources) as db:
+        async with queries.open_db(resources.engine) as db:
             await queries.recount_items(db, project_id)
     except DatabaseUnavailable:  # the outage itself is logged once, by db/engine.py
         logger.warning("recount of project %d skipped: the database is unavailable", project_id)

@@ -6,8 +6,8 @@ import httpx
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import TypeAdapter, ValidationError
 
+from ..deps import CacheDep, HttpClientDep
 from ..errors import documented
-from ..lifespan import CacheDep, HttpClientDep
 from ..schemas import Rates
 
 router = APIRouter(prefix="/rates", tags=["rates"])

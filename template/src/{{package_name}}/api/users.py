@@ -4,9 +4,8 @@ import anyio
 from fastapi import APIRouter, HTTPException, status
 
 from ..db import queries
-from ..db.queries import DbDep
+from ..deps import DbDep, SettingsDep
 from ..errors import documented
-from ..lifespan import SettingsDep
 from ..pagination import OffsetDep, Page
 from ..schemas import RowId, UserCreate, UserPublic
 from ..security import CurrentUserId, hash_password, unauthorized

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
+from ..observability.timing import current_timings
 from ..settings import UPGRADE_ADVICE, DatabaseSettings
-from ..timing import current_timings
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +160,12 @@ def _unnamed_statement() -> str:
     return ""
 
 
+# expire_on_commit=False: objects stay readable after commit without a surprise reload query.
+SESSION_OPTIONS: dict[str, Any] = {"expire_on_commit": False, "autoflush": False}
+
+
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    # expire_on_commit=False: objects stay readable after commit without a surprise reload query.
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    return async_sessionmaker(engine, **SESSION_OPTIONS)
 
 
 async def fetch_on_driver(conn: AsyncConnection, sql: str, args: Sequence[Any]) -> Sequence[Any]:

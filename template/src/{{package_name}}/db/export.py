@@ -18,18 +18,27 @@ import io
 import time
 from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 import anyio
 from pydantic_core import to_json
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ..observability.timing import current_timings
 from ..schemas import assume_utc
-from ..timing import current_timings
 from .json_rows import json_value
 
-ExportFormat = Literal["ndjson", "csv"]
+
+class ExportFormat(StrEnum):
+    ndjson = "ndjson"
+    csv = "csv"
+
+    @property
+    def media_type(self) -> str:
+        return "application/x-ndjson" if self is ExportFormat.ndjson else "text/csv"
+
 
 # One JSON document per line out of COPY's CSV mode: quote and delimiter are control characters
 # that JSON text never contains unescaped, so every line comes out verbatim.

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from pydantic_core import to_json
 
-from .settings import AppSettings
+from ..settings import AppSettings
 
 # Set by the access log middleware for the duration of a request; tasks started inside the
 # request copy the context, so their lines carry the id too.

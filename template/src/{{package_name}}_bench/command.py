@@ -24,7 +24,8 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 LOAD_GENERATORS = ("auto", "wrk", "python")
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token
 QUERIES = re.compile(r"queries=(\d+)")
-SERVICE_APP = __name__.removesuffix(".bench.command") + ".main:create_app"
+# The service is the package this one is named after: <package>_bench tests <package>.
+SERVICE_APP = __name__.removesuffix("_bench.command") + ".main:create_app"
 BARE_APP = f"{__package__}.bare:create_bare_app"
 # Every request of a bench comes from one address: far above what one machine sends in a minute.
 BENCH_RATE_LIMIT = "1000000000/minute"
@@ -144,16 +145,7 @@ def bench(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     if baseline is not None:
-        baseline_parameters = baseline.get("parameters")
-        if not isinstance(baseline_parameters, dict):
-            baseline_parameters = {}
-        baseline_route = f"{baseline_parameters.get('method')} {baseline_parameters.get('path')}"
-        if baseline_route != f"{request.method} {request.path}":
-            typer.echo(
-                f"warning: the baseline measured {baseline_route},"
-                f" this run {request.method} {request.path}",
-                err=True,
-            )
+        warn_on_another_route(baseline, request)
 
     try:
         measured = run(request, target, concurrency, duration, warmup, generator)
@@ -183,21 +175,46 @@ def bench(
         )
     )
     if json_path is not None:
-        report = {
-            "parameters": parameters,
-            "load_generator": measured.load_generator,
-            "pinning": measured.pinning,
-            "route": asdict(route),
-            "bare": asdict(bare),
-            "ratio_to_bare": measured.ratio_to_bare,
-        }
-        try:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(report, indent=2) + "\n")
-        except OSError as exc:
-            typer.echo(f"error: cannot write {json_path}: {exc.strerror}", err=True)
-            raise typer.Exit(1) from None
+        write_report(json_path, parameters, measured)
+    failed = report_failures(request, measured)
+    if compare is not None and baseline is not None:  # both or neither
+        failed = report_regressions(compare, baseline, route, max_regression) or failed
+    raise typer.Exit(1 if failed else 0)
 
+
+def warn_on_another_route(baseline: dict[str, Any], request: Request) -> None:
+    parameters = baseline.get("parameters")
+    if not isinstance(parameters, dict):
+        parameters = {}
+    baseline_route = f"{parameters.get('method')} {parameters.get('path')}"
+    if baseline_route != f"{request.method} {request.path}":
+        typer.echo(
+            f"warning: the baseline measured {baseline_route},"
+            f" this run {request.method} {request.path}",
+            err=True,
+        )
+
+
+def write_report(json_path: Path, parameters: dict[str, Any], measured: "Measured") -> None:
+    report = {
+        "parameters": parameters,
+        "load_generator": measured.load_generator,
+        "pinning": measured.pinning,
+        "route": asdict(measured.route),
+        "bare": asdict(measured.bare),
+        "ratio_to_bare": measured.ratio_to_bare,
+    }
+    try:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+    except OSError as exc:
+        typer.echo(f"error: cannot write {json_path}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from None
+
+
+def report_failures(request: Request, measured: "Measured") -> bool:
+    """Print what failed (no response, errored requests); whether anything did."""
+    route, bare = measured.route, measured.bare
     failed = False
     if not route.requests or not bare.requests:
         typer.echo("\nFAILED: no response arrived within the measured seconds")
@@ -208,14 +225,19 @@ def bench(
             f" and {bare.errors} to the bare route errored (status >= 400 or a transport error)"
         )
         failed = True
-    if compare is not None and baseline is not None:  # both or neither
-        lines, regressed = compare_with(route, baseline, max_regression)
-        typer.echo(f"\ncompared with {compare} (a regression: more than {max_regression:g}%):")
-        typer.echo("\n".join(lines))
-        if regressed:
-            typer.echo("REGRESSED: " + "; ".join(regressed))
-            failed = True
-    raise typer.Exit(1 if failed else 0)
+    return failed
+
+
+def report_regressions(
+    compare: Path, baseline: dict[str, Any], route: "Figures", max_regression: float
+) -> bool:
+    """Print the comparison with the baseline; whether the route regressed."""
+    lines, regressed = compare_with(route, baseline, max_regression)
+    typer.echo(f"\ncompared with {compare} (a regression: more than {max_regression:g}%):")
+    typer.echo("\n".join(lines))
+    if regressed:
+        typer.echo("REGRESSED: " + "; ".join(regressed))
+    return bool(regressed)
 
 
 def parse_request(method: str, path: str, headers: list[str], body: str | None) -> Request:

@@ -17,14 +17,15 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import internal_error, shutting_down
+from ..errors import internal_error, shutting_down
 from .logs import current_request_id
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Letters, digits and ._- only: the id goes into log lines and headers, never anything else.
 VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
-access_logger = logging.getLogger(f"{__package__}.access")
+# "<service package>.access": the name log filters and dashboards use.
+access_logger = logging.getLogger(f"{__name__.partition('.')[0]}.access")
 
 # An unmatched request's path is logged as sent, cut to this many characters: enough to see what
 # a client asked for, bounded whatever it sent.
@@ -119,7 +120,7 @@ class AccessLogMiddleware:
     (logs.py).
 
     A client that leaves before its request is complete is logged 499 (nginx's "client closed
-    request"), or 408 when the server timed its body out (server.py), without a traceback.
+    request"), or 408 when the server timed its body out (http_protocol.py), without a traceback.
     """
 
     def __init__(
@@ -160,8 +161,8 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_with_request_id)
         except ClientDisconnect:
-            # The client left, or stalled mid-body and the server answered 408 (server.py), before
-            # the request was complete: nothing for the app to answer, no error of the service.
+            # The client left, or stalled mid-body and the server answered 408 (http_protocol.py),
+            # before the request was complete: nothing for the app to answer, no error of ours.
             if not started:
                 status = 408 if scope.get("request_timed_out") else 499
         except asyncio.CancelledError:

@@ -1,4 +1,4 @@
-"""Drives load from a separate process: wrk when it is on PATH, else ``bench/load.py``."""
+"""Drives load from a separate process: wrk when it is on PATH, else ``load.py``."""
 
 import json
 import re
@@ -69,11 +69,11 @@ class LoadGenerator:
         )
 
     def describe(self) -> str:
-        return "Python asyncio load generator (bench/load.py, raw HTTP/1.1 keep-alive streams)"
+        return "Python asyncio load generator (load.py, raw HTTP/1.1 keep-alive streams)"
 
 
 def run_python(pin: list[str], spec: Spec) -> dict[str, Any]:
-    """Run ``bench/load.py`` in its own process and return its JSON result."""
+    """Run ``load.py`` in its own process and return its JSON result."""
     spec_json = json.dumps(asdict(spec))
     completed = subprocess.run(  # noqa: S603 - our own interpreter and module
         [*pin, sys.executable, "-m", LOAD_MODULE, "-"],  # the spec on stdin: bodies can be big

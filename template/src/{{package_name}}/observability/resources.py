@@ -5,8 +5,8 @@ from collections.abc import Callable
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..settings import Settings
 from .metrics import observe_pool, process_stopped
-from .settings import Settings
 from .tracing import instrument_resources
 
 

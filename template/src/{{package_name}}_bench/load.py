@@ -1,6 +1,6 @@
 """A small HTTP/1.1 load generator on raw asyncio streams, run in its own process.
 
-``python -m <package>.bench.load '<json spec>'`` prints one JSON line (``-`` instead of the spec:
+``python -m <package>_bench.load '<json spec>'`` prints one JSON line (``-`` instead of the spec:
 read it from stdin, for bodies too big for an argument). Two modes:
 
 - ``timed``: ``connections`` keep-alive connections send requests back to back for ``warmup`` +

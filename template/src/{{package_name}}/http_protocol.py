@@ -172,7 +172,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._arm(self._body_timeout, self._body_timed_out)
             return
         if cycle is not None and not cycle.response_started:
-            # The access log's 408 (request_log.py): the app sees only a disconnect.
+            # The access log's 408 (observability/request_log.py): the app sees only a disconnect.
             cast(dict[str, Any], self.scope)["request_timed_out"] = True
             self._answer(408, "request body not received in time")
         else:
