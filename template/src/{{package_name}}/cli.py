@@ -1,4 +1,4 @@
-"""Command line: serve, db upgrade and downgrade, seed, bench."""
+"""Command line: serve, worker, db upgrade and downgrade, seed, bench."""
 
 import asyncio
 import logging
@@ -29,6 +29,7 @@ from .logs import configure_logging
 from .security import hash_password
 from .server import BoundedHttpToolsProtocol
 from .settings import UPGRADE_ADVICE, Settings, SettingsError, get_settings
+from .worker import NoQueueToServe, run_worker
 
 # What --reload watches: this package, not the working directory (its .venv alone holds
 # thousands of .py files, which uvicorn's polling reloader stats every quarter second).
@@ -199,6 +200,21 @@ def serve(
 def _exit_cleanly(_signal: int, _frame: object) -> None:
     raise SystemExit(0)
 
+
+@app.command()
+def worker() -> None:
+    """Run queued jobs (item imports) until SIGTERM or SIGINT: then the running jobs finish."""
+    settings = get_settings()
+    configure_logging(settings.app)
+    try:
+        asyncio.run(run_worker(settings))
+    except NoQueueToServe:
+        typer.echo(
+            "error: jobs run in the web process (cache_backend=memory): `serve` runs them,"
+            " no worker is needed",
+            err=True,
+        )
+        raise typer.Exit(1) from None
 
 @contextmanager
 def _no_outage_warning() -> Iterator[None]:

@@ -13,6 +13,7 @@ from typing import Annotated
 import httpx
 from fastapi import Depends, FastAPI, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from taskiq import AsyncBroker
 
 from .cache import Cache, create_cache
 from .db.engine import (
@@ -21,6 +22,7 @@ from .db.engine import (
     create_probe_engine,
     create_sessionmaker,
 )
+from .job_queue import create_broker, start_broker, stop_broker
 from .observability import observe_resources
 from .request_log import InFlight
 from .settings import Settings
@@ -40,6 +42,8 @@ class Resources:
     sessionmaker: async_sessionmaker[AsyncSession]
     cache: Cache
     http: httpx.AsyncClient
+    # The job queue (job_queue.py); its tasks are registered by main.py (jobs.py).
+    broker: AsyncBroker
 
 
 def create_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -62,17 +66,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
     cache = create_cache(settings)
     http = create_http_client(settings)
     stop_observing = observe_resources(settings, engine, http)
+    broker = create_broker(settings)
+    app.state.register_jobs(broker)
+    resources = Resources(
+        settings=settings,
+        engine=engine,
+        probe_engine=probe_engine,
+        sessionmaker=create_sessionmaker(engine),
+        cache=cache,
+        http=http,
+        broker=broker,
+    )
+    broker.state.resources = resources  # what the jobs run with (jobs.py)
     try:
-        yield {
-            "resources": Resources(
-                settings=settings,
-                engine=engine,
-                probe_engine=probe_engine,
-                sessionmaker=create_sessionmaker(engine),
-                cache=cache,
-                http=http,
-            )
-        }
+        await start_broker(broker)
+        yield {"resources": resources}
     finally:
         # Requests cut by the server's shutdown finish unwinding first (request_log.InFlight).
         in_flight: InFlight = app.state.in_flight
@@ -81,6 +89,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
                 await in_flight.idle()
         except TimeoutError:
             logger.warning("closing the pools with %d requests still in flight", in_flight.count)
+        await stop_broker(broker, UNWIND_SECONDS)
         stop_observing()
         await http.aclose()
         await cache.close()

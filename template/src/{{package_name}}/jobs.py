@@ -1,0 +1,101 @@
+"""The jobs the queue runs (job_queue.py), and how they run.
+
+Delivery is at least once: a job may run again after a crash, or twice at once after a
+redelivery. An import is made harmless to run again by its batches (db/jobs.py): each inserts
+its rows in the transaction that moves the job's high-water mark, so a second run starts after
+the last committed batch and inserts no row twice. Once done, the project's item count is
+recomputed and its cached pages invalidated, once, where every instance sees it (the shared
+cache).
+"""
+
+import logging
+import os
+from typing import Annotated
+
+import anyio
+from taskiq import AsyncBroker, Context, InMemoryBroker, TaskiqDepends, TaskiqEvents, TaskiqState
+
+from .api.projects import invalidate_project
+from .db import jobs as job_rows
+from .db.jobs import ImportRun
+from .items_import import ImportReader
+from .job_queue import enqueue
+from .lifespan import Resources
+
+logger = logging.getLogger(__name__)
+
+IMPORT_ITEMS = "items_import"
+
+
+async def run_import(resources: Resources, job_id: int) -> None:
+    """Run (or resume) the import job ``job_id``; a job that needs no run is left alone."""
+    engine = resources.engine
+    run = await job_rows.start_import(engine, job_id)
+    if run is None:
+        return
+    logger.info("import job %d: attempt %d, from line %d", job_id, run.attempts, run.position)
+    try:
+        done = await _import_batches(resources, run)
+    except Exception as exc:
+        logger.exception("import job %d failed", job_id)
+        await job_rows.fail(engine, job_id, f"{type(exc).__name__}: {exc}")
+        await _finished(resources, run)
+        return
+    if done and await job_rows.finish(engine, run):
+        logger.info("import job %d succeeded", job_id)
+        await _finished(resources, run)
+
+
+async def _import_batches(resources: Resources, run: ImportRun) -> bool:
+    """Import the rows after the job's mark; False when another run of the job moved the mark
+    first (that run goes on)."""
+    if not await anyio.Path(run.source).is_file():
+        raise FileNotFoundError(
+            "the import's file is gone from APP_UPLOAD_DIR (the web process and the worker must"
+            " share it)"
+        )
+    batch_size = resources.settings.jobs.batch_size
+    reader = await anyio.to_thread.run_sync(
+        lambda: ImportReader(run.source, run.source_format, start=run.position)  # type: ignore[arg-type]
+    )
+    try:
+        start = run.position
+        while True:
+            batch = await anyio.to_thread.run_sync(reader.read_batch, batch_size)
+            if batch.end == start:
+                return True
+            committed = await job_rows.commit_batch(
+                resources.engine, run, start=start, end=batch.end, rows=batch.rows, errors=batch.errors
+            )
+            if not committed:
+                return False
+            start = batch.end
+    finally:
+        reader.close()
+
+
+async def _finished(resources: Resources, run: ImportRun) -> None:
+    """The job is done for good: its project's cached reads show the new count, and its file
+    goes."""
+    await invalidate_project(resources.cache, run.project_id)
+    await anyio.to_thread.run_sync(lambda: os.unlink(run.source) if os.path.exists(run.source) else None)
+
+
+async def _import_task(
+    job_id: int, context: Annotated[Context, TaskiqDepends()]
+) -> None:
+    await run_import(context.state.resources, job_id)
+
+
+def register_jobs(broker: AsyncBroker) -> None:
+    """The tasks ``broker`` runs. An in-process queue keeps nothing across a restart: at its
+    start it queues again what the database says its previous life left queued or running."""
+    broker.register_task(_import_task, task_name=IMPORT_ITEMS)
+    if isinstance(broker, InMemoryBroker):
+
+        async def resume_unfinished(state: TaskiqState) -> None:
+            resources: Resources = state.resources
+            for job_id in await job_rows.unfinished_jobs(resources.engine):
+                await enqueue(broker, IMPORT_ITEMS, job_id)
+
+        broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, resume_unfinished)

@@ -1,0 +1,49 @@
+"""The worker process (`worker` on the command line): it runs the jobs queued in Redis.
+
+It enters the service's own lifespan (lifespan.py), so a job runs with the same pools, cache
+and settings as a request, and listens to the queue with taskiq's receiver until SIGTERM or
+SIGINT: then it takes no new job, and the running ones finish. A job is acknowledged once it
+ran; a worker killed before that leaves it to another (job_queue.py).
+"""
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from taskiq import AcknowledgeType, InMemoryBroker
+from taskiq.receiver import Receiver
+
+from .main import create_app
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class NoQueueToServe(Exception):
+    """The service runs its jobs in the web process (no Redis): there is nothing to listen to."""
+
+
+async def run_worker(settings: Settings) -> None:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app) as state:
+        broker = state["resources"].broker
+        if isinstance(broker, InMemoryBroker):
+            raise NoQueueToServe
+        broker.is_worker_process = True
+        await broker.startup()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        logger.info("worker listening for jobs")
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            receiver = Receiver(
+                broker,
+                executor=executor,
+                max_async_tasks=settings.jobs.concurrency,
+                # Acknowledged once it ran, whatever its outcome: the job's own row says that.
+                ack_type=AcknowledgeType.WHEN_EXECUTED,
+            )
+            await receiver.listen(stop)
+        logger.info("worker stopped: no job running")
