@@ -60,7 +60,7 @@ class ImportReader:
     """The rows of an import file, ``read_batch`` by ``read_batch``, from after line
     ``start``."""
 
-    def __init__(self, path: str, import_format: ImportFormat, *, start: int = 0) -> None:
+    def __init__(self, path: str, import_format: str, *, start: int = 0) -> None:
         # utf-8-sig: a byte order mark (spreadsheets write one) is not part of the first field.
         self._file = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed by close()
         self.line = 0

@@ -9,7 +9,6 @@ cache).
 """
 
 import logging
-import os
 from typing import Annotated
 
 import anyio
@@ -56,7 +55,7 @@ async def _import_batches(resources: Resources, run: ImportRun) -> bool:
         )
     batch_size = resources.settings.jobs.batch_size
     reader = await anyio.to_thread.run_sync(
-        lambda: ImportReader(run.source, run.source_format, start=run.position)  # type: ignore[arg-type]
+        lambda: ImportReader(run.source, run.source_format, start=run.position)
     )
     try:
         start = run.position
@@ -65,7 +64,12 @@ async def _import_batches(resources: Resources, run: ImportRun) -> bool:
             if batch.end == start:
                 return True
             committed = await job_rows.commit_batch(
-                resources.engine, run, start=start, end=batch.end, rows=batch.rows, errors=batch.errors
+                resources.engine,
+                run,
+                start=start,
+                end=batch.end,
+                rows=batch.rows,
+                errors=batch.errors,
             )
             if not committed:
                 return False
@@ -78,12 +82,10 @@ async def _finished(resources: Resources, run: ImportRun) -> None:
     """The job is done for good: its project's cached reads show the new count, and its file
     goes."""
     await invalidate_project(resources.cache, run.project_id)
-    await anyio.to_thread.run_sync(lambda: os.unlink(run.source) if os.path.exists(run.source) else None)
+    await anyio.Path(run.source).unlink(missing_ok=True)
 
 
-async def _import_task(
-    job_id: int, context: Annotated[Context, TaskiqDepends()]
-) -> None:
+async def _import_task(job_id: int, context: Annotated[Context, TaskiqDepends()]) -> None:
     await run_import(context.state.resources, job_id)
 
 

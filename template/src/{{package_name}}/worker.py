@@ -27,6 +27,7 @@ class NoQueueToServe(Exception):
 async def run_worker(settings: Settings) -> None:
     app = create_app(settings)
     async with app.router.lifespan_context(app) as state:
+        assert state is not None
         broker = state["resources"].broker
         if isinstance(broker, InMemoryBroker):
             raise NoQueueToServe

@@ -10,9 +10,7 @@ error of the job with its line number, not of the request.
 
 import codecs
 import logging
-import os
 import secrets
-from pathlib import Path as FilePath
 from typing import Any
 
 import anyio
@@ -81,8 +79,9 @@ async def import_items(
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    directory = FilePath(settings.app.upload_dir).resolve() / IMPORTS_SUBDIR
-    await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
+    # Absolute: the worker that reads it may run elsewhere (sharing the directory).
+    directory = await anyio.Path(settings.app.upload_dir, IMPORTS_SUBDIR).resolve()
+    await directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{secrets.token_hex(16)}.{import_format}"
     partial = target.with_name(f".{target.name}.part")
     decoder = codecs.getincrementaldecoder("utf-8")()
@@ -111,9 +110,9 @@ async def import_items(
             raise invalid(("body",), "the import is empty: send one item a line")
         if import_format == "csv" and (problem := csv_header_problem(first_line(head))):
             raise invalid(("body",), problem)
-        await anyio.to_thread.run_sync(os.replace, partial, target)
+        await partial.replace(target)
     finally:
-        await anyio.Path(partial).unlink(missing_ok=True)
+        await partial.unlink(missing_ok=True)
     job = await job_rows.create_import(
         resources.engine,
         project_id=project_id,
@@ -126,7 +125,7 @@ async def import_items(
     except Exception:
         logger.exception("queueing import job %d failed", job.id)
         await job_rows.fail(resources.engine, job.id, "the job queue was unavailable")
-        await anyio.Path(target).unlink(missing_ok=True)
+        await target.unlink(missing_ok=True)
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             "the job queue is unavailable, retry shortly",

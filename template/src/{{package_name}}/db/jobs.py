@@ -169,7 +169,7 @@ async def _insert_items(
         raw = await conn.get_raw_connection()
         records = [(project_id, row["name"], row["price_cents"], row["quantity"]) for row in rows]
         await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-            Item.__table__.name, records=records, columns=ITEM_COLUMNS
+            Item.__tablename__, records=records, columns=ITEM_COLUMNS
         )
         return
     await conn.execute(insert(Item), [{"project_id": project_id, **row} for row in rows])
@@ -185,7 +185,7 @@ async def finish(engine: AsyncEngine, run: ImportRun) -> bool:
             .where(Job.id == run.job_id, Job.status == RUNNING)
             .values(status=SUCCEEDED, finished_at=_now())
         )
-        if not done.rowcount:  # type: ignore[attr-defined]
+        if not done.rowcount:
             return False
         await conn.execute(
             update(Project).where(Project.id == run.project_id).values(item_count=count)
@@ -204,7 +204,7 @@ async def fail(engine: AsyncEngine, job_id: int, message: str) -> None:
         ).first()
         if found is None:
             return
-        kept = json.loads(found.errors)[: MAX_ERRORS - 1] + [{"line": None, "message": message}]
+        kept = [*json.loads(found.errors)[: MAX_ERRORS - 1], {"line": None, "message": message}]
         await conn.execute(
             update(Job)
             .where(Job.id == job_id, Job.status.in_(UNFINISHED))
