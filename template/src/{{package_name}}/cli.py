@@ -216,6 +216,7 @@ def worker() -> None:
         )
         raise typer.Exit(1) from None
 
+
 @contextmanager
 def _no_outage_warning() -> Iterator[None]:
     """The engine's outage warning speaks for a running service ("answering 503"); a command

@@ -22,7 +22,9 @@ ImportFormat = Literal["ndjson", "csv"]
 # The media types an import accepts, and the format of each.
 MEDIA_TYPES: dict[str, ImportFormat] = {"application/x-ndjson": "ndjson", "text/csv": "csv"}
 FIELDS = tuple(ItemCreate.model_fields)
-REQUIRED_FIELDS = tuple(name for name, info in ItemCreate.model_fields.items() if info.is_required())
+REQUIRED_FIELDS = tuple(
+    name for name, info in ItemCreate.model_fields.items() if info.is_required()
+)
 
 
 def csv_header_problem(line: str) -> str | None:
@@ -93,10 +95,16 @@ class ImportReader:
             if not any(record):
                 continue
             if len(record) != len(header):
-                yield first_line, ValueError(f"{len(record)} fields where the header has {len(header)}")
+                yield (
+                    first_line,
+                    ValueError(f"{len(record)} fields where the header has {len(header)}"),
+                )
                 continue
             # An empty field is a field left out: quantity takes its default, name is missing.
-            yield first_line, {name: value for name, value in zip(header, record, strict=True) if value}
+            yield (
+                first_line,
+                {name: value for name, value in zip(header, record, strict=True) if value},
+            )
 
     def read_batch(self, size: int) -> Batch:
         """The next ``size`` rows at most (fewer at the end of the file)."""

@@ -24,7 +24,8 @@ class NoQueueToServe(Exception):
     """The service runs its jobs in the web process (no Redis): there is nothing to listen to."""
 
 
-async def run_worker(settings: Settings) -> None:
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run jobs until ``stop`` is set (SIGTERM or SIGINT when none is given)."""
     app = create_app(settings)
     async with app.router.lifespan_context(app) as state:
         assert state is not None
@@ -33,10 +34,11 @@ async def run_worker(settings: Settings) -> None:
             raise NoQueueToServe
         broker.is_worker_process = True
         await broker.startup()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        if stop is None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
         logger.info("worker listening for jobs")
         with ThreadPoolExecutor(max_workers=1) as executor:
             receiver = Receiver(
