@@ -16,6 +16,7 @@ from taskiq import AsyncBroker, Context, InMemoryBroker, TaskiqDepends, TaskiqEv
 
 from .api.projects import invalidate_project
 from .db import jobs as job_rows
+from .db.engine import DatabaseUnavailable, SchemaBehind
 from .db.jobs import ImportRun
 from .items_import import ImportReader
 from .job_queue import enqueue
@@ -97,7 +98,13 @@ def register_jobs(broker: AsyncBroker) -> None:
 
         async def resume_unfinished(state: TaskiqState) -> None:
             resources: Resources = state.resources
-            for job_id in await job_rows.unfinished_jobs(resources.engine):
+            try:
+                unfinished = await job_rows.unfinished_jobs(resources.engine)
+            except (DatabaseUnavailable, SchemaBehind) as exc:
+                # The service starts anyway (it answers 503 meanwhile): so do the jobs, later.
+                logger.warning("unfinished jobs not resumed (%s): restart once it is fixed", exc)
+                return
+            for job_id in unfinished:
                 await enqueue(broker, IMPORT_ITEMS, job_id)
 
         broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, resume_unfinished)
