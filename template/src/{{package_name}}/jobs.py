@@ -100,9 +100,9 @@ def register_jobs(broker: AsyncBroker) -> None:
             resources: Resources = state.resources
             try:
                 unfinished = await job_rows.unfinished_jobs(resources.engine)
-            except (DatabaseUnavailable, SchemaBehind) as exc:
-                # The service starts anyway (it answers 503 meanwhile): so do the jobs, later.
-                logger.warning("unfinished jobs not resumed (%s): restart once it is fixed", exc)
+            except (DatabaseUnavailable, SchemaBehind):
+                # The service starts anyway and answers 503 (db/engine.py logged why, once);
+                # its unfinished jobs resume at a start with the database fixed.
                 return
             for job_id in unfinished:
                 await enqueue(broker, IMPORT_ITEMS, job_id)
