@@ -35,15 +35,25 @@ async def run_import(resources: Resources, job_id: int) -> None:
         return
     logger.info("import job %d: attempt %d, from line %d", job_id, run.attempts, run.position)
     try:
-        done = await _import_batches(resources, run)
+        if not await _import_batches(resources, run):
+            return
     except Exception as exc:
         logger.exception("import job %d failed", job_id)
+        await _project_changed(resources, run)
         await job_rows.fail(engine, job_id, f"{type(exc).__name__}: {exc}")
-        await _finished(resources, run)
-        return
-    if done and await job_rows.finish(engine, run):
+    else:
+        await _project_changed(resources, run)
+        if not await job_rows.succeed(engine, job_id):
+            return
         logger.info("import job %d succeeded", job_id)
-        await _finished(resources, run)
+    await anyio.Path(run.source).unlink(missing_ok=True)
+
+
+async def _project_changed(resources: Resources, run: ImportRun) -> None:
+    """The project's item count and its cached reads show the committed batches, before the
+    job says it ended: whoever sees it ended sees its rows counted."""
+    await job_rows.recount_items(resources.engine, run.project_id)
+    await invalidate_project(resources.cache, run.project_id)
 
 
 async def _import_batches(resources: Resources, run: ImportRun) -> bool:
@@ -77,13 +87,6 @@ async def _import_batches(resources: Resources, run: ImportRun) -> bool:
             start = batch.end
     finally:
         reader.close()
-
-
-async def _finished(resources: Resources, run: ImportRun) -> None:
-    """The job is done for good: its project's cached reads show the new count, and its file
-    goes."""
-    await invalidate_project(resources.cache, run.project_id)
-    await anyio.Path(run.source).unlink(missing_ok=True)
 
 
 async def _import_task(job_id: int, context: Annotated[Context, TaskiqDepends()]) -> None:

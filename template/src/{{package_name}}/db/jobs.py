@@ -175,42 +175,33 @@ async def _insert_items(
     await conn.execute(insert(Item), [{"project_id": project_id, **row} for row in rows])
 
 
-async def finish(engine: AsyncEngine, run: ImportRun) -> bool:
-    """The project's item count, recomputed once, and the job succeeded, in one transaction;
-    False when another run finished it first."""
-    count = select(func.count()).where(Item.project_id == run.project_id).scalar_subquery()
+async def recount_items(engine: AsyncEngine, project_id: int) -> None:
+    """The project's denormalized item count, recomputed in one UPDATE."""
+    count = select(func.count()).where(Item.project_id == project_id).scalar_subquery()
+    async with engine.begin() as conn:
+        await conn.execute(update(Project).where(Project.id == project_id).values(item_count=count))
+
+
+async def succeed(engine: AsyncEngine, job_id: int) -> bool:
+    """The job succeeded; False when another run ended it first."""
     async with engine.begin() as conn:
         done = await conn.execute(
             update(Job)
-            .where(Job.id == run.job_id, Job.status == RUNNING)
+            .where(Job.id == job_id, Job.status == RUNNING)
             .values(status=SUCCEEDED, finished_at=_now())
         )
-        if not done.rowcount:
-            return False
-        await conn.execute(
-            update(Project).where(Project.id == run.project_id).values(item_count=count)
-        )
-    return True
+    return bool(done.rowcount)
 
 
 async def fail(engine: AsyncEngine, job_id: int, message: str) -> None:
-    """The job failed, with ``message`` as its last error (no line: the job's own); its
-    project's item count counts the rows of the batches it committed."""
+    """The job failed, with ``message`` as its last error (no line: the job's own)."""
     async with engine.begin() as conn:
-        found = (
-            await conn.execute(
-                select(Job.errors, Job.project_id).where(Job.id == job_id).with_for_update()
-            )
-        ).first()
+        found = await conn.scalar(select(Job.errors).where(Job.id == job_id).with_for_update())
         if found is None:
             return
-        kept = [*json.loads(found.errors)[: MAX_ERRORS - 1], {"line": None, "message": message}]
+        kept = [*json.loads(found)[: MAX_ERRORS - 1], {"line": None, "message": message}]
         await conn.execute(
             update(Job)
             .where(Job.id == job_id, Job.status.in_(UNFINISHED))
             .values(status=FAILED, finished_at=_now(), errors=json.dumps(kept))
-        )
-        count = select(func.count()).where(Item.project_id == found.project_id).scalar_subquery()
-        await conn.execute(
-            update(Project).where(Project.id == found.project_id).values(item_count=count)
         )
