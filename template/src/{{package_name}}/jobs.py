@@ -8,10 +8,13 @@ recomputed and its cached pages invalidated, once, where every instance sees it 
 cache).
 """
 
+import asyncio
+import enum
 import logging
 from typing import Annotated
 
 import anyio
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from taskiq import AsyncBroker, Context, InMemoryBroker, TaskiqDepends, TaskiqEvents, TaskiqState
 
 from .api.projects import invalidate_project
@@ -25,28 +28,70 @@ from .lifespan import Resources
 logger = logging.getLogger(__name__)
 
 IMPORT_ITEMS = "items_import"
+# What a later attempt may get past: the database down or restarting, its pool exhausted, a
+# connection cut.
+TRANSIENT_ERRORS = (DatabaseUnavailable, PoolTimeoutError, ConnectionError, TimeoutError)
+MAX_BACKOFF = 60.0
 
 
-async def run_import(resources: Resources, job_id: int) -> None:
-    """Run (or resume) the import job ``job_id``; a job that needs no run is left alone."""
+async def run_import(
+    resources: Resources, job_id: int, stopping: asyncio.Event | None = None
+) -> None:
+    """Run (or resume) the import job ``job_id``; a job that needs no run is left alone. Once
+    ``stopping`` is set (the worker got SIGTERM) the run ends after its current batch, and the
+    job is queued again."""
     engine = resources.engine
-    run = await job_rows.start_import(engine, job_id)
+    settings = resources.settings.jobs
+    try:
+        run = await job_rows.start_import(engine, job_id)
+    except TRANSIENT_ERRORS as exc:
+        # Not even started (nor counted): try again once the database may be back.
+        logger.warning("import job %d not started: %s; again in %.0f s", job_id, exc, MAX_BACKOFF)
+        await asyncio.sleep(MAX_BACKOFF)
+        await enqueue(resources.broker, IMPORT_ITEMS, job_id)
+        return
     if run is None:
         return
     logger.info("import job %d: attempt %d, from line %d", job_id, run.attempts, run.position)
     try:
-        if not await _import_batches(resources, run):
+        outcome = await _import_batches(resources, run, stopping)
+    except TRANSIENT_ERRORS as exc:
+        if run.attempts < settings.max_attempts:
+            pause = min(settings.retry_backoff_seconds * 2 ** (run.attempts - 1), MAX_BACKOFF)
+            logger.warning(
+                "import job %d: %s on attempt %d, again in %.1f s", job_id, exc, run.attempts, pause
+            )
+            await asyncio.sleep(pause)
+            await _queue_again(resources, job_id)
             return
+        logger.error("import job %d failed on its last attempt: %s", job_id, exc)
+        await _project_changed(resources, run)
+        await job_rows.fail(engine, job_id, f"{_describe(exc)} (attempt {run.attempts}, the last)")
     except Exception as exc:
         logger.exception("import job %d failed", job_id)
         await _project_changed(resources, run)
-        await job_rows.fail(engine, job_id, f"{type(exc).__name__}: {exc}")
+        await job_rows.fail(engine, job_id, _describe(exc))
     else:
+        if outcome is _Outcome.STOPPED:
+            await _queue_again(resources, job_id)
+            return
+        if outcome is _Outcome.OVERTAKEN:
+            return
         await _project_changed(resources, run)
         if not await job_rows.succeed(engine, job_id):
             return
         logger.info("import job %d succeeded", job_id)
     await anyio.Path(run.source).unlink(missing_ok=True)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def _queue_again(resources: Resources, job_id: int) -> None:
+    await job_rows.requeue(resources.engine, job_id)
+    await enqueue(resources.broker, IMPORT_ITEMS, job_id)
+    logger.info("import job %d queued again", job_id)
 
 
 async def _project_changed(resources: Resources, run: ImportRun) -> None:
@@ -56,9 +101,16 @@ async def _project_changed(resources: Resources, run: ImportRun) -> None:
     await invalidate_project(resources.cache, run.project_id)
 
 
-async def _import_batches(resources: Resources, run: ImportRun) -> bool:
-    """Import the rows after the job's mark; False when another run of the job moved the mark
-    first (that run goes on)."""
+class _Outcome(enum.Enum):
+    DONE = "done"
+    STOPPED = "stopped"  # between batches, as asked
+    OVERTAKEN = "overtaken"  # another run of the job moved its mark first: that run goes on
+
+
+async def _import_batches(
+    resources: Resources, run: ImportRun, stopping: asyncio.Event | None
+) -> "_Outcome":
+    """Import the rows after the job's mark, a batch a transaction."""
     if not await anyio.Path(run.source).is_file():
         raise FileNotFoundError(
             "the import's file is gone from APP_UPLOAD_DIR (the web process and the worker must"
@@ -73,7 +125,7 @@ async def _import_batches(resources: Resources, run: ImportRun) -> bool:
         while True:
             batch = await anyio.to_thread.run_sync(reader.read_batch, batch_size)
             if batch.end == start:
-                return True
+                return _Outcome.DONE
             committed = await job_rows.commit_batch(
                 resources.engine,
                 run,
@@ -83,14 +135,17 @@ async def _import_batches(resources: Resources, run: ImportRun) -> bool:
                 errors=batch.errors,
             )
             if not committed:
-                return False
+                return _Outcome.OVERTAKEN
             start = batch.end
+            if stopping is not None and stopping.is_set():
+                return _Outcome.STOPPED
     finally:
         reader.close()
 
 
 async def _import_task(job_id: int, context: Annotated[Context, TaskiqDepends()]) -> None:
-    await run_import(context.state.resources, job_id)
+    # The worker's stop event (worker.py); none in the web process.
+    await run_import(context.state.resources, job_id, getattr(context.state, "stopping", None))
 
 
 def register_jobs(broker: AsyncBroker) -> None:

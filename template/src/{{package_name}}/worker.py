@@ -2,7 +2,8 @@
 
 It enters the service's own lifespan (lifespan.py), so a job runs with the same pools, cache
 and settings as a request, and listens to the queue with taskiq's receiver until SIGTERM or
-SIGINT: then it takes no new job, and the running ones finish. A job is acknowledged once it
+SIGINT: then it takes no new job, and a running import ends after its current batch and is
+queued again (another worker, or this one restarted, resumes it). A job is acknowledged once it
 ran; a worker killed before that leaves it to another (job_queue.py).
 """
 
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from taskiq import AcknowledgeType, InMemoryBroker
 from taskiq.receiver import Receiver
 
+from .job_queue import requeue_abandoned
 from .main import create_app
 from .settings import Settings
 
@@ -39,6 +41,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop.set)
+        # The jobs end their runs between batches once it is set (jobs.py).
+        broker.state.stopping = stop
+        requeuing = asyncio.create_task(requeue_abandoned(broker, settings, stop))
         logger.info("worker listening for jobs")
         with ThreadPoolExecutor(max_workers=1) as executor:
             receiver = Receiver(
@@ -49,4 +54,5 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
                 ack_type=AcknowledgeType.WHEN_EXECUTED,
             )
             await receiver.listen(stop)
+        await requeuing
         logger.info("worker stopped: no job running")

@@ -193,6 +193,14 @@ async def succeed(engine: AsyncEngine, job_id: int) -> bool:
     return bool(done.rowcount)
 
 
+async def requeue(engine: AsyncEngine, job_id: int) -> None:
+    """The job waits in the queue again (its run stopped between batches)."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(Job).where(Job.id == job_id, Job.status == RUNNING).values(status=QUEUED)
+        )
+
+
 async def fail(engine: AsyncEngine, job_id: int, message: str) -> None:
     """The job failed, with ``message`` as its last error (no line: the job's own)."""
     async with engine.begin() as conn:
