@@ -148,6 +148,23 @@ async def _import_task(job_id: int, context: Annotated[Context, TaskiqDepends()]
     await run_import(context.state.resources, job_id, getattr(context.state, "stopping", None))
 
 
+async def queue_unfinished(resources: Resources) -> int:
+    """Queue again every job the database says is queued or running: after a restart of an
+    in-process queue, or of a Redis that kept nothing. A job queued twice runs once (its
+    second delivery finds it finished, or its mark moved)."""
+    try:
+        unfinished = await job_rows.unfinished_jobs(resources.engine)
+    except (DatabaseUnavailable, SchemaBehind):
+        # The service starts anyway and answers 503 (db/engine.py logged why, once); its
+        # unfinished jobs are queued at a start with the database fixed.
+        return 0
+    for job_id in unfinished:
+        await enqueue(resources.broker, IMPORT_ITEMS, job_id)
+    if unfinished:
+        logger.warning("queued %d unfinished jobs again", len(unfinished))
+    return len(unfinished)
+
+
 def register_jobs(broker: AsyncBroker) -> None:
     """The tasks ``broker`` runs. An in-process queue keeps nothing across a restart: at its
     start it queues again what the database says its previous life left queued or running."""
@@ -155,14 +172,6 @@ def register_jobs(broker: AsyncBroker) -> None:
     if isinstance(broker, InMemoryBroker):
 
         async def resume_unfinished(state: TaskiqState) -> None:
-            resources: Resources = state.resources
-            try:
-                unfinished = await job_rows.unfinished_jobs(resources.engine)
-            except (DatabaseUnavailable, SchemaBehind):
-                # The service starts anyway and answers 503 (db/engine.py logged why, once);
-                # its unfinished jobs resume at a start with the database fixed.
-                return
-            for job_id in unfinished:
-                await enqueue(broker, IMPORT_ITEMS, job_id)
+            await queue_unfinished(state.resources)
 
         broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, resume_unfinished)
