@@ -9,6 +9,7 @@ cache).
 """
 
 import asyncio
+import contextlib
 import enum
 import logging
 from typing import Annotated
@@ -89,7 +90,9 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _queue_again(resources: Resources, job_id: int) -> None:
-    await job_rows.requeue(resources.engine, job_id)
+    # Its status says queued again if the database answers; a run starts a running job too.
+    with contextlib.suppress(*TRANSIENT_ERRORS):
+        await job_rows.requeue(resources.engine, job_id)
     await enqueue(resources.broker, IMPORT_ITEMS, job_id)
     logger.info("import job %d queued again", job_id)
 

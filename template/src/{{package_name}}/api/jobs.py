@@ -113,13 +113,17 @@ async def import_items(
         await partial.replace(target)
     finally:
         await partial.unlink(missing_ok=True)
-    job = await job_rows.create_import(
-        resources.engine,
-        project_id=project_id,
-        creator_id=caller,
-        source=str(target),
-        source_format=import_format,
-    )
+    try:
+        job = await job_rows.create_import(
+            resources.engine,
+            project_id=project_id,
+            creator_id=caller,
+            source=str(target),
+            source_format=import_format,
+        )
+    except BaseException:  # the database went away (503): no job, so no file
+        await target.unlink(missing_ok=True)
+        raise
     try:
         await enqueue(resources.broker, IMPORT_ITEMS, job.id)
     except Exception:
