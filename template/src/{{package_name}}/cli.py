@@ -1,4 +1,4 @@
-"""Command line: serve, db upgrade and downgrade, seed, bench."""
+"""Command line: serve, worker, db upgrade and downgrade, seed, bench."""
 
 # Each command imports what it runs when it runs: importing the app, the database layer and the
 # migration tool takes ~2 s of CPU, which `--help` and a start refused for bad settings (one
@@ -21,6 +21,7 @@ import typer
 from typer.core import TyperGroup
 
 from .settings import UPGRADE_ADVICE, Settings, SettingsError, get_settings
+from .worker import NoQueueToServe, run_worker
 
 # What --reload watches: this package, not the working directory (its .venv alone holds
 # thousands of .py files, which uvicorn's polling reloader stats every quarter second).
@@ -212,6 +213,22 @@ def serve(
 
 def _exit_cleanly(_signal: int, _frame: object) -> None:
     raise SystemExit(0)
+
+
+@app.command()
+def worker() -> None:
+    """Run queued jobs (item imports) until SIGTERM or SIGINT: then the running jobs finish."""
+    settings = get_settings()
+    configure_logging(settings.app)
+    try:
+        asyncio.run(run_worker(settings))
+    except NoQueueToServe:
+        typer.echo(
+            "error: jobs run in the web process (cache_backend=memory): `serve` runs them,"
+            " no worker is needed",
+            err=True,
+        )
+        raise typer.Exit(1) from None
 
 
 @contextmanager

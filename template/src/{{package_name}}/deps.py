@@ -12,6 +12,7 @@ from typing import Annotated
 import httpx
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from taskiq import AsyncBroker
 
 from .cache import Cache
 from .db import queries
@@ -29,6 +30,8 @@ class Resources:
     cache: Cache
     http: httpx.AsyncClient
     rate_limits: RateLimits
+    # The job queue (job_queue.py); its tasks are registered by main.py (jobs.py).
+    broker: AsyncBroker
 
 
 def resources_of(request: Request) -> Resources:

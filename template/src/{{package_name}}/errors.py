@@ -21,6 +21,7 @@ _DESCRIPTIONS = {
     404: "Not found",
     409: "Conflicts with an existing row",
     413: "The body is over the size limit",
+    415: "The Content-Type is not one the route takes",
     416: "The Range is not satisfiable",
     429: "Too many requests (rate limit, or sign-in lockout): retry after Retry-After seconds",
     502: "The upstream failed",

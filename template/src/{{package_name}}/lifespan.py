@@ -18,6 +18,7 @@ from .db.engine import (
     create_sessionmaker,
 )
 from .deps import Resources
+from .job_queue import create_broker, start_broker, stop_broker
 from .observability.request_log import InFlight
 from .observability.resources import observe_resources
 from .ratelimit import create_rate_limits
@@ -50,18 +51,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
     http = create_http_client(settings)
     rate_limits = create_rate_limits(settings)
     stop_observing = observe_resources(settings, engine, http)
+    broker = create_broker(settings)
+    app.state.register_jobs(broker)
+    resources = Resources(
+        settings=settings,
+        engine=engine,
+        probe_engine=probe_engine,
+        sessionmaker=create_sessionmaker(engine),
+        cache=cache,
+        http=http,
+        rate_limits=rate_limits,
+        broker=broker,
+    )
+    broker.state.resources = resources  # what the jobs run with (jobs.py)
     try:
-        yield {
-            "resources": Resources(
-                settings=settings,
-                engine=engine,
-                probe_engine=probe_engine,
-                sessionmaker=create_sessionmaker(engine),
-                cache=cache,
-                http=http,
-                rate_limits=rate_limits,
-            )
-        }
+        await start_broker(broker)
+        yield {"resources": resources}
     finally:
         # Requests cut by the server's shutdown finish unwinding first (request_log.InFlight).
         in_flight: InFlight = app.state.in_flight
@@ -70,6 +75,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
                 await in_flight.idle()
         except TimeoutError:
             logger.warning("closing the pools with %d requests still in flight", in_flight.count)
+        await stop_broker(broker, UNWIND_SECONDS)
         stop_observing()
         await http.aclose()
         await cache.close()

@@ -1,5 +1,6 @@
 """Application factory: settings in, a fully wired FastAPI app out."""
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,6 +14,7 @@ from .api.health import router as health_router
 from .db.engine import DatabaseUnavailable, SchemaBehind
 from .docs import add_docs
 from .errors import method_not_allowed, request_validation_error
+from .jobs import register_jobs
 from .lifespan import lifespan
 from .middleware import BodyLimitMiddleware, JsonErrorsMiddleware, TimingMiddleware
 from .observability.logs import configure_logging
@@ -50,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.register_jobs = register_jobs  # the lifespan's job queue runs them (jobs.py)
     add_docs(app)
     app.include_router(health_router)
     app.include_router(api_router)
@@ -88,7 +91,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.app.max_body_bytes,
-        limits={uploads: settings.app.max_upload_bytes + files.MULTIPART_OVERHEAD_BYTES},
+        limits={
+            uploads: settings.app.max_upload_bytes + files.MULTIPART_OVERHEAD_BYTES,
+            re.compile(f"{api_router.prefix}/projects/[^/]+/items/import"): (
+                settings.jobs.max_import_bytes
+            ),
+        },
     )
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=GZIP_LEVEL)
     # Every API route is counted before routing; sign-in, refresh and sign-up more strictly.

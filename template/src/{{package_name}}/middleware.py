@@ -3,6 +3,7 @@
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -85,9 +86,11 @@ class BodyLimitMiddleware:
     """Refuses a request body over ``max_bytes`` with a JSON 413: before reading any of it when
     its Content-Length says so, else (chunked) as soon as the bytes received pass the limit,
     reading no further. A path under one of the ``limits`` prefixes takes the limit given there
-    (uploads, streamed to disk, have a larger one)."""
+    (uploads, streamed to disk, have a larger one), or whose path a pattern there matches."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, limits: Mapping[str, int]) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, limits: Mapping[str | re.Pattern[str], int]
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.limits = limits
@@ -98,7 +101,11 @@ class BodyLimitMiddleware:
             return
         path: str = scope["path"]
         limit = next(
-            (size for prefix, size in self.limits.items() if path.startswith(prefix)),
+            (
+                size
+                for prefix, size in self.limits.items()
+                if (path.startswith(prefix) if isinstance(prefix, str) else prefix.fullmatch(path))
+            ),
             self.max_bytes,
         )
         declared = Headers(scope=scope).get("content-length")

@@ -154,6 +154,36 @@ class TaskAccepted(BaseModel):
     detail: str
 
 
+class ItemCreate(BaseModel):
+    """An item, as a line of an import (api/jobs.py) gives it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: PlainText = Field(min_length=1, max_length=200)
+    price_cents: int = Field(ge=0, le=MAX_ID)
+    quantity: int = Field(default=0, ge=0, le=MAX_ID)
+
+
+class JobError(BaseModel):
+    """A row that was skipped (its line of the input, 1 for the first), or the job's own
+    failure (no line)."""
+
+    line: int | None
+    message: str
+
+
+class JobPublic(BaseModel):
+    id: int
+    status: Literal["queued", "running", "succeeded", "failed"]
+    # Rows imported, and rows skipped for their errors.
+    processed: int
+    failed_rows: int
+    errors: list[JobError] = Field(description="The first few errors")
+    attempts: int
+    created_at: UtcDatetime
+    finished_at: UtcDatetime | None
+
+
 class StoredFile(BaseModel):
     name: str
     size: int

@@ -133,7 +133,7 @@ async def get_project(project_id: ProjectId, request: Request) -> Response:
         return json_with_etag(request, private.body, viewer=viewer)  # the owner's: not cached
 
 
-async def _check_owner(db: queries.Db, project_id: int, caller: int) -> None:
+async def check_owner(db: queries.Db, project_id: int, caller: int) -> None:
     """Only the owner writes: to anyone else a private project does not exist (404), a
     public one is forbidden (403)."""
     found = await queries.project_owner(db, project_id)
@@ -162,7 +162,7 @@ async def create_project(
 async def update_project(
     project_id: ProjectId, body: ProjectUpdate, caller: CurrentUserId, db: DbDep, cache: CacheDep
 ) -> ProjectPublic:
-    await _check_owner(db, project_id, caller)
+    await check_owner(db, project_id, caller)
     project = await queries.update_project(db, project_id, body.model_dump(exclude_unset=True))
     if project is None:
         raise _not_found(project_id)
@@ -178,7 +178,7 @@ async def update_project(
 async def delete_project(
     project_id: ProjectId, caller: CurrentUserId, db: DbDep, cache: CacheDep
 ) -> None:
-    await _check_owner(db, project_id, caller)
+    await check_owner(db, project_id, caller)
     if not await queries.delete_project(db, project_id):
         raise _not_found(project_id)
     await invalidate_project(cache, project_id)
@@ -212,6 +212,6 @@ async def schedule_recount(
     resources: ResourcesDep,
     background_tasks: BackgroundTasks,
 ) -> TaskAccepted:
-    await _check_owner(db, project_id, caller)
+    await check_owner(db, project_id, caller)
     background_tasks.add_task(recount_items, resources, project_id)
     return TaskAccepted(detail=f"item count of project {project_id} is being recomputed")
