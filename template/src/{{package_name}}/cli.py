@@ -21,7 +21,6 @@ import typer
 from typer.core import TyperGroup
 
 from .settings import UPGRADE_ADVICE, Settings, SettingsError, get_settings
-from .worker import NoQueueToServe, run_worker
 
 # What --reload watches: this package, not the working directory (its .venv alone holds
 # thousands of .py files, which uvicorn's polling reloader stats every quarter second).
@@ -218,6 +217,9 @@ def _exit_cleanly(_signal: int, _frame: object) -> None:
 @app.command()
 def worker() -> None:
     """Run queued jobs (item imports) until SIGTERM or SIGINT: then the running jobs finish."""
+    from .observability.logs import configure_logging
+    from .worker import NoQueueToServe, run_worker
+
     settings = get_settings()
     configure_logging(settings.app)
     try:

@@ -22,8 +22,8 @@ from .api.projects import invalidate_project
 from .db import jobs as job_rows
 from .db.engine import DatabaseUnavailable, SchemaBehind
 from .db.jobs import ImportRun
-from .items_import import ImportReader
 from .deps import Resources
+from .items_import import ImportReader
 from .job_queue import enqueue
 
 logger = logging.getLogger(__name__)
