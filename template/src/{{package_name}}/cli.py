@@ -327,8 +327,8 @@ async def _invalidate_project_pages(settings: Settings) -> tuple[bool, str]:
     """A running service caches project pages and their total (api/projects.py), and a seed
     changes both; project details keep their item counts (new items go to new projects).
     Whether a running service shows the new data, and what to tell the user."""
-    from .api.projects import LIST_NAMESPACE
     from .cache import create_cache
+    from .cache_keys import LIST_NAMESPACE
 
     cache = create_cache(settings)
     try:

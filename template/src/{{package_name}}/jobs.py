@@ -18,7 +18,7 @@ import anyio
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from taskiq import AsyncBroker, Context, InMemoryBroker, TaskiqDepends, TaskiqEvents, TaskiqState
 
-from .api.projects import invalidate_project
+from .cache_keys import invalidate_project
 from .db import jobs as job_rows
 from .db.engine import DatabaseUnavailable, SchemaBehind
 from .db.jobs import ImportRun

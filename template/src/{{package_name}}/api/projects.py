@@ -10,7 +10,7 @@ import logging
 
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response, status
 
-from ..cache import Cache
+from ..cache_keys import LIST_NAMESPACE, invalidate_project, project_key
 from ..db import queries
 from ..db.engine import DatabaseUnavailable
 from ..db.json_rows import json_array
@@ -28,17 +28,7 @@ router = APIRouter(prefix="/projects", tags=["projects"], responses=documented(5
 # Reads take an optional token: /docs sends it when authorized, and anonymous calls stay valid.
 OPTIONAL_TOKEN: dict[str, object] = {"security": [{"OAuth2PasswordBearer": []}, {}]}
 
-LIST_NAMESPACE = "projects-list"
 ProjectId = RowId
-
-
-def project_key(cache: Cache, project_id: int) -> str:
-    return cache.key("projects", project_id)
-
-
-async def invalidate_project(cache: Cache, project_id: int) -> None:
-    await cache.delete(project_key(cache, project_id))
-    await cache.invalidate_namespace(LIST_NAMESPACE)
 
 
 @router.get(
