@@ -36,6 +36,8 @@ class _ExplainedErrors(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except typer.Exit:  # a command's own exit status (bad settings: 2): nothing to explain
+            raise
         except Exception as exc:
             message = None if ctx.meta.get(_DEBUG) else explain(exc)
             if message is None:
