@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shlex
 import shutil
 import socket
 import struct
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -238,6 +241,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # shared modules are analysed once (a second combination: 13 -> 5 s of CPU). One directory
     # per process (an xdist worker replaces the one it inherits), removed at the end, so two
     # workers never write the same files.
+    # Bytecode: the sandbox these tests run in may set PYTHONDONTWRITEBYTECODE, so every Python
+    # process (a generated suite starts a few hundred: servers, CLI runs, workers) compiled each
+    # module again: an app import 1.5 -> 5 s of CPU, a SQLite + memory suite 119 -> 149 s.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     mypy_cache = tempfile.mkdtemp(prefix="template-tests-mypy-")
     os.environ["MYPY_CACHE_DIR"] = mypy_cache
     config.add_cleanup(lambda: shutil.rmtree(mypy_cache, ignore_errors=True))
@@ -310,8 +317,62 @@ def render(copie_session) -> Callable[[Combination], Rendered]:
     return _render
 
 
+# npm compiles better-sqlite3 (the Prisma CLI's SQLite driver) from source when its prebuilt
+# binary cannot be downloaded, as here: 95 s of CPU an install. The first install of a session
+# compiles it, unoptimized (nothing here measures SQLite's speed: 44 s), and leaves the binary
+# where prebuild-install looks for a local prebuild; every later `npm ci` unpacks it instead.
+NATIVE_PACKAGE = "better-sqlite3"
+
+
 @pytest.fixture(scope="session")
-def synced(render) -> Callable[[Combination], Rendered]:
+def npm_ci(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path, dict[str, str]], None]:
+    """`npm ci` in a project, sharing one build of the native package with every other install
+    of the session (xdist workers included: their temporary directories share a parent)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    prebuilds = root / "npm-prebuilds"
+    prebuilds.mkdir(exist_ok=True)
+    variable = f"npm_config_{NATIVE_PACKAGE.replace('-', '_')}_local_prebuilds"
+
+    def _npm_ci(project_dir: Path, env: dict[str, str]) -> None:
+        env = {**env, variable: str(prebuilds), "CFLAGS": "-O0", "CXXFLAGS": "-O0"}
+        with (prebuilds / ".lock").open("w") as lock:
+            # One install at a time until the binary is there; then no waiting.
+            if not any(prebuilds.glob("*.tar.gz")):
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            run_ok(["npm", "ci"], project_dir, env)
+            package = project_dir / "node_modules" / NATIVE_PACKAGE
+            if package.is_dir():
+                _keep_prebuild(package, prebuilds, project_dir, env)
+
+    return _npm_ci
+
+
+def _keep_prebuild(package: Path, prebuilds: Path, cwd: Path, env: dict[str, str]) -> None:
+    """Pack the package's compiled binary under the name prebuild-install looks for:
+    {name}-v{version}-{runtime}-v{abi}-{platform}{libc}-{arch}.tar.gz (glibc: no libc part)."""
+    version = json.loads((package / "package.json").read_text())["version"]
+    node = run_ok(
+        ["node", "-p", "[process.versions.modules, process.platform, process.arch].join(' ')"],
+        cwd,
+        env,
+    )
+    abi, platform, arch = node.split()
+    target = prebuilds / f"{NATIVE_PACKAGE}-v{version}-node-v{abi}-{platform}-{arch}.tar.gz"
+    if target.exists():
+        return
+    # The module alone: prebuild-install loads the last .node file of the archive to check it,
+    # and the test extension built beside it is not a module Node can load.
+    binary = Path("build", "Release", NATIVE_PACKAGE.replace("-", "_") + ".node")
+    partial = target.with_suffix(".partial")
+    with tarfile.open(partial, "w:gz") as archive:
+        archive.add(package / binary, arcname=str(binary))
+    partial.rename(target)
+
+
+@pytest.fixture(scope="session")
+def synced(render, npm_ci) -> Callable[[Combination], Rendered]:
     """A rendered combination whose own environment is installed: `npm ci` (orm=prisma), then
     `uv sync`, as its README says."""
 
@@ -321,7 +382,7 @@ def synced(render) -> Callable[[Combination], Rendered]:
             project.sync_error = "(uv sync failed)"
             try:
                 if project.combo.orm == "prisma":  # the Prisma CLI, pinned by package-lock.json
-                    run_ok(["npm", "ci"], project.project_dir, project_env(project.combo))
+                    npm_ci(project.project_dir, project_env(project.combo))
                 run_ok(["uv", "sync"], project.project_dir, project_env(project.combo))
             except pytest.fail.Exception as exc:
                 project.sync_error = str(exc).splitlines()[0]
