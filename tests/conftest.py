@@ -322,21 +322,29 @@ def render(copie_session) -> Callable[[Combination], Rendered]:
 # compiles it, unoptimized (nothing here measures SQLite's speed: 44 s), and leaves the binary
 # where prebuild-install looks for a local prebuild; every later `npm ci` unpacks it instead.
 NATIVE_PACKAGE = "better-sqlite3"
+PREBUILDS_VARIABLE = f"npm_config_{NATIVE_PACKAGE.replace('-', '_')}_local_prebuilds"
 
 
 @pytest.fixture(scope="session")
-def npm_ci(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path, dict[str, str]], None]:
-    """`npm ci` in a project, sharing one build of the native package with every other install
-    of the session (xdist workers included: their temporary directories share a parent)."""
+def npm_prebuilds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's build of the native package is kept (one directory for all xdist
+    workers: their temporary directories share a parent)."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent
     prebuilds = root / "npm-prebuilds"
     prebuilds.mkdir(exist_ok=True)
-    variable = f"npm_config_{NATIVE_PACKAGE.replace('-', '_')}_local_prebuilds"
+    return prebuilds
+
+
+@pytest.fixture(scope="session")
+def npm_ci(npm_prebuilds: Path) -> Callable[[Path, dict[str, str]], None]:
+    """`npm ci` in a project, sharing one build of the native package with every other install
+    of the session."""
+    prebuilds = npm_prebuilds
 
     def _npm_ci(project_dir: Path, env: dict[str, str]) -> None:
-        env = {**env, variable: str(prebuilds), "CFLAGS": "-O0", "CXXFLAGS": "-O0"}
+        env = {**env, PREBUILDS_VARIABLE: str(prebuilds), "CFLAGS": "-O0", "CXXFLAGS": "-O0"}
         with (prebuilds / ".lock").open("w") as lock:
             # One install at a time until the binary is there; then no waiting.
             if not any(prebuilds.glob("*.tar.gz")):

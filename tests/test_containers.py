@@ -28,7 +28,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import Rendered, in_ci, run, run_ok
+from conftest import (
+    NATIVE_PACKAGE,
+    PREBUILDS_VARIABLE,
+    Rendered,
+    in_ci,
+    project_env,
+    run,
+    run_ok,
+)
 from template_config import REPO_ROOT, Combination, combinations
 
 COMBINATIONS = combinations()
@@ -88,8 +96,15 @@ class Builder:
     from the layer cache instead of running `npm ci` (and for SQLite a native compile) again.
     """
 
-    def __init__(self, render: Callable[[Combination], Rendered]) -> None:
+    def __init__(
+        self,
+        render: Callable[[Combination], Rendered],
+        npm_ci: Callable[[Path, dict[str, str]], None],
+        npm_prebuilds: Path,
+    ) -> None:
         self.render = render
+        self.npm_ci = npm_ci
+        self.npm_prebuilds = npm_prebuilds
         self.pool = ThreadPoolExecutor(max_workers=BUILDERS)
         self.jobs: dict[Combination, Future[Images]] = {}
         self.migrate_stage = threading.Lock()
@@ -118,9 +133,20 @@ class Builder:
         migrate = None
         if project.combo.orm == "prisma":
             migrate = f"{tag}-migrate:{self.run_id}"
+            native = []
+            if NATIVE_PACKAGE in (directory / "package.json").read_text(encoding="utf-8"):
+                # No prebuilt better-sqlite3 is reachable here, so npm compiles it (95 s of CPU):
+                # the stage takes the session's one build instead, as users' builds download one
+                # (the variable stays in the migrate image's environment; nothing there reads it).
+                self.npm_ci(directory, project_env(project.combo))  # makes it, the first time
+                native = [
+                    *("--volume", f"{self.npm_prebuilds}:/prebuilds"),
+                    *("--env", f"{PREBUILDS_VARIABLE}=/prebuilds"),
+                ]
             with self.migrate_stage:
                 tags = ["-t", migrate, "-t", f"{tag}-migrate:cache"]
-                run_ok([*BUILD, "--target", "migrate", *tags, "."], directory, timeout=1800)
+                build = [*BUILD, "--target", "migrate", *native, *tags, "."]
+                run_ok(build, directory, timeout=1800)
         built_in = time.perf_counter() - started
         size = int(run_ok(["podman", "image", "inspect", "--format", "{{.Size}}", app], directory))
         return Images(project, app, migrate, size / 1e6, built_in)
@@ -138,8 +164,8 @@ class Builder:
 
 
 @pytest.fixture(scope="session")
-def builder(render, podman) -> Iterator[Builder]:
-    builder = Builder(render)
+def builder(render, podman, npm_ci, npm_prebuilds) -> Iterator[Builder]:
+    builder = Builder(render, npm_ci, npm_prebuilds)
     try:
         yield builder
     finally:
