@@ -341,20 +341,23 @@ def npm_prebuilds(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def npm_ci(npm_prebuilds: Path) -> Callable[[Path, dict[str, str]], None]:
     """`npm ci` in a project, sharing one build of the native package with every other install
     of the session."""
-    prebuilds = npm_prebuilds
 
     def _npm_ci(project_dir: Path, env: dict[str, str]) -> None:
-        env = {**env, PREBUILDS_VARIABLE: str(prebuilds), "CFLAGS": "-O0", "CXXFLAGS": "-O0"}
-        with (prebuilds / ".lock").open("w") as lock:
+        env = {**env, PREBUILDS_VARIABLE: str(npm_prebuilds), "CFLAGS": "-O0", "CXXFLAGS": "-O0"}
+        with (npm_prebuilds / ".lock").open("w") as lock:
             # One install at a time until the binary is there; then no waiting.
-            if not any(prebuilds.glob("*.tar.gz")):
+            if not has_prebuild(npm_prebuilds):
                 fcntl.flock(lock, fcntl.LOCK_EX)
             run_ok(["npm", "ci"], project_dir, env)
             package = project_dir / "node_modules" / NATIVE_PACKAGE
             if package.is_dir():
-                _keep_prebuild(package, prebuilds, project_dir, env)
+                _keep_prebuild(package, npm_prebuilds, project_dir, env)
 
     return _npm_ci
+
+
+def has_prebuild(prebuilds: Path) -> bool:
+    return any(prebuilds.glob(f"{NATIVE_PACKAGE}-*.tar.gz"))
 
 
 def _keep_prebuild(package: Path, prebuilds: Path, cwd: Path, env: dict[str, str]) -> None:

@@ -32,6 +32,7 @@ from conftest import (
     NATIVE_PACKAGE,
     PREBUILDS_VARIABLE,
     Rendered,
+    has_prebuild,
     in_ci,
     project_env,
     run,
@@ -138,7 +139,8 @@ class Builder:
                 # No prebuilt better-sqlite3 is reachable here, so npm compiles it (95 s of CPU):
                 # the stage takes the session's one build instead, as users' builds download one
                 # (the variable stays in the migrate image's environment; nothing there reads it).
-                self.npm_ci(directory, project_env(project.combo))  # makes it, the first time
+                if not has_prebuild(self.npm_prebuilds):  # an install here makes it
+                    self.npm_ci(directory, project_env(project.combo))
                 native = [
                     *("--volume", f"{self.npm_prebuilds}:/prebuilds"),
                     *("--env", f"{PREBUILDS_VARIABLE}=/prebuilds"),
