@@ -306,6 +306,12 @@ def test_image_migrates_serves_and_stops_gracefully(
     assert run_ok(["podman", "exec", name, "id", "-u"], Path("/")).strip() == "10001"
     # Every process of the container, as the host sees them.
     assert set(run_ok(["podman", "top", name, "huser"], Path("/")).split()[1:]) == {"10001"}
+    # The load-test tool is for development: not in the image, and its CLI does not offer it.
+    bench = run(["podman", "exec", name, "python", "-c", f"import {package}_bench"], Path("/"))
+    assert "ModuleNotFoundError" in bench.stdout, bench.stdout
+    bench = run(["podman", "exec", name, project.slug, "bench", "GET", "/"], Path("/"))
+    assert bench.returncode == 2, bench.stdout
+    assert "No such command 'bench'" in bench.stdout, bench.stdout
     # The image's HEALTHCHECK (kept: built in docker format), run by the engine.
     health = run(["podman", "healthcheck", "run", name], Path("/"))
     assert health.returncode == 0, health.stdout

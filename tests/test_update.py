@@ -165,12 +165,13 @@ def replace_once(path: Path, old: str, new: str) -> None:
 
 # --------------------------------------------------------------------------- the two versions
 
-# 0.2.0, as a template maintainer would write it: a new setting, a changed middleware line,
-# streaming.py renamed to responses.py, and the question author_name renamed to maintainer_name.
+# 0.2.0, as a template maintainer would write it: a new setting, a changed line of the timing
+# middleware, streaming.py renamed to responses.py, and the question author_name renamed to
+# maintainer_name.
 # The last two need the _migrations entries below; a three-way merge cannot express them.
 V2_NEW_SETTING = '    request_id_header: str = "X-Request-ID"\n'
-V2_MIDDLEWARE_LINE = "        self.slow_request_seconds = max(slow_request_ms, 1.0) / 1000\n"
-V1_MIDDLEWARE_LINE = "        self.slow_request_seconds = slow_request_ms / 1000\n"
+V2_TIMING_LINE = "        self.slow_request_seconds = max(slow_request_ms, 1.0) / 1000\n"
+V1_TIMING_LINE = "        self.slow_request_seconds = slow_request_ms / 1000\n"
 # Must never reach a project: existing Alembic revisions are in _skip_if_exists.
 V2_REVISION_LINE = "\n\n# Edited in 0.2.0.\n"  # formatted: two blank lines after a def
 # 0.2.0 adds a revision on the last one of 0.1.0, and the team has one there too: two heads.
@@ -205,7 +206,7 @@ def _release_next_version(repo: Path) -> None:
         '    model_config = _config("APP_")\n\n',
         f'    model_config = _config("APP_")\n\n{V2_NEW_SETTING}',
     )
-    replace_once(package / "middleware.py", V1_MIDDLEWARE_LINE, V2_MIDDLEWARE_LINE)
+    replace_once(package / "observability" / "timing.py", V1_TIMING_LINE, V2_TIMING_LINE)
     revision = package / TEMPLATE_REVISION
     revision.write_text(revision.read_text() + V2_REVISION_LINE)
     last = max(path.name[:4] for path in revision.parent.glob("*.py"))
@@ -693,9 +694,7 @@ USER_SETTING = (
     "ttl_seconds: int = Field(default=60, ge=1)",
     "ttl_seconds: int = Field(default=300, ge=1)",
 )
-USER_MIDDLEWARE_LINE = (
-    "        self.slow_request_seconds = slow_request_ms / 1000 / 2  # log sooner\n"
-)
+USER_TIMING_LINE = "        self.slow_request_seconds = slow_request_ms / 1000 / 2  # log sooner\n"
 USER_STREAMING_LINE = "# Kept by the team: every export goes through ClosingStreamingResponse.\n"
 
 
@@ -726,7 +725,7 @@ def test_update_to_the_next_version_keeps_every_user_edit(
     env_before = env_file.read_text()
     revision_before = (project / SRC / REVISION).read_text()
     replace_once(project / SRC / "settings.py", *USER_SETTING)
-    replace_once(project / SRC / "middleware.py", V1_MIDDLEWARE_LINE, USER_MIDDLEWARE_LINE)
+    replace_once(project / SRC / "observability" / "timing.py", V1_TIMING_LINE, USER_TIMING_LINE)
     streaming = project / SRC / "streaming.py"
     streaming.write_text(streaming.read_text() + "\n\n" + USER_STREAMING_LINE)
     versions = (project / SRC / REVISION).parent
@@ -765,24 +764,24 @@ def test_update_to_the_next_version_keeps_every_user_edit(
     assert (project / SRC / REVISION).read_text() == revision_before
     # What a merge cannot settle is an inline conflict, marked unmerged for git; no .rej files.
     # The line both sides changed:
-    middleware = f"{SRC}/middleware.py"
+    timing = f"{SRC}/observability/timing.py"
     # The moved file: git has no common ancestor at the new path, so the user's edit shows as a
     # conflict against the template's version instead of being deleted with the old path.
     responses = f"{SRC}/responses.py"
     assert not [path for path in project_files(project) if path.suffix == ".rej"]
-    assert files_with_markers(project) == {middleware, responses}
+    assert files_with_markers(project) == {timing, responses}
     assert set(git(project, "diff", "--name-only", "--diff-filter=U").split()) == {
-        middleware,
+        timing,
         responses,
     }
-    assert conflicts(project / middleware) == [(USER_MIDDLEWARE_LINE, V2_MIDDLEWARE_LINE)]
+    assert conflicts(project / timing) == [(USER_TIMING_LINE, V2_TIMING_LINE)]
     assert conflicts(project / responses) == [("\n\n" + USER_STREAMING_LINE, "")]
 
     # Resolve them as docs/updating.md says (here: the template's line, and the team's
     # addition), then run the project's own tests.
-    resolve(project / middleware, keep="theirs")
+    resolve(project / timing, keep="theirs")
     resolve(project / responses, keep="ours")
-    git(project, "add", middleware, responses)
+    git(project, "add", timing, responses)
     # test_migrations walks the history down and up again, through the merge revision.
     check_updated_project(
         project,

@@ -20,10 +20,11 @@ from .db.engine import (
     create_sessionmaker,
 )
 from .deps import Resources
-from .job_queue import create_broker, start_broker, stop_broker
+from .job_broker import create_broker, start_broker
+from .job_queue import stop_broker
 from .observability.request_log import InFlight
 from .observability.resources import observe_resources
-from .ratelimit import create_rate_limits
+from .ratelimit_store import create_rate_limits
 from .settings import Settings
 
 logger = logging.getLogger(__name__)

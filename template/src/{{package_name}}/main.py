@@ -16,11 +16,12 @@ from .docs import add_docs
 from .errors import method_not_allowed, request_validation_error
 from .jobs import register_jobs
 from .lifespan import lifespan
-from .middleware import BodyLimitMiddleware, JsonErrorsMiddleware, TimingMiddleware
+from .middleware import BodyLimitMiddleware, JsonErrorsMiddleware
 from .observability.logs import configure_logging
 from .observability.metrics import observe_request
 from .observability.metrics import router as metrics_router
 from .observability.request_log import AccessLogMiddleware, InFlight
+from .observability.timing import TimingMiddleware
 from .observability.tracing import telemetry_config
 from .pagination import document_max_page_size
 from .ratelimit import RateLimitMiddleware

@@ -4,7 +4,7 @@ It enters the service's own lifespan (lifespan.py), so a job runs with the same 
 and settings as a request, and listens to the queue with taskiq's receiver until SIGTERM or
 SIGINT: then it takes no new job, and a running import ends after its current batch and is
 queued again (another worker, or this one restarted, resumes it). A job is acknowledged once it
-ran; a worker killed before that leaves it to another (job_queue.py).
+ran; a worker killed before that leaves it to another (job_broker.py).
 """
 
 import asyncio
@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from taskiq import AcknowledgeType
 from taskiq.receiver import Receiver
 
-from .job_queue import IN_WORKERS, queue_was_lost, requeue_abandoned
+from .job_broker import IN_WORKERS, queue_was_lost, requeue_abandoned
 from .jobs import queue_unfinished
 from .main import create_app
 from .settings import Settings
@@ -58,7 +58,7 @@ async def run_worker(
         if ready is not None:
             ready.set()
         # A failure to listen (Redis gone) ends the worker: its supervisor starts it again, and
-        # the jobs it held go to live workers once its heartbeat stops (job_queue.py).
+        # the jobs it held go to live workers once its heartbeat stops (job_broker.py).
         try:
             with ThreadPoolExecutor(max_workers=1) as executor:
                 receiver = Receiver(

@@ -5,8 +5,6 @@ Swagger UI's file field), parsed as it streams by python-multipart: only the fil
 stored, and neither form is ever held whole in memory.
 """
 
-import os
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path as FilePath
 from typing import Annotated, Any
@@ -20,6 +18,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from ..deps import SettingsDep
 from ..errors import documented, invalid
 from ..schemas import StoredFile
+from .body_storage import BINARY_SCHEMA, refuse_declared_size, store_body
 
 router = APIRouter(prefix="/files", tags=["files"])
 
@@ -31,17 +30,16 @@ FILE_FIELD = "file"
 # uploads (main.py) is the file's limit plus this; the file itself is held to the limit.
 MULTIPART_OVERHEAD_BYTES = 16 * 1024
 
-# The body, for OpenAPI (the route reads it itself, to stream it): either form.
-_BINARY = {"type": "string", "format": "binary", "minLength": 1}
+# The body, for OpenAPI: either form.
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/octet-stream": {"schema": _BINARY},
+            "application/octet-stream": {"schema": BINARY_SCHEMA},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {FILE_FIELD: _BINARY},
+                    "properties": {FILE_FIELD: BINARY_SCHEMA},
                     "required": [FILE_FIELD],
                     "additionalProperties": False,
                 }
@@ -49,12 +47,6 @@ _UPLOAD_BODY: dict[str, Any] = {
         },
     }
 }
-
-
-def _too_large(limit: int) -> HTTPException:
-    return HTTPException(
-        status.HTTP_413_CONTENT_TOO_LARGE, f"upload exceeds the limit of {limit} bytes"
-    )
 
 
 @router.put(
@@ -70,31 +62,21 @@ async def upload_file(name: FileName, request: Request, settings: SettingsDep) -
     limit = settings.app.max_upload_bytes
     content_type = request.headers.get("content-type", "")
     multipart = content_type.lower().startswith("multipart/form-data")
-    declared = request.headers.get("content-length")
     allowed = limit + MULTIPART_OVERHEAD_BYTES if multipart else limit
-    if declared is not None and declared.isdigit() and int(declared) > allowed:
-        raise _too_large(limit)
-    directory = FilePath(settings.app.upload_dir)
-    await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename at the end: readers never see a partial file.
-    # A name of its own: the target's name may already be as long as the file system allows.
-    partial = directory / f".upload-{secrets.token_hex(8)}.part"
-    size = 0
-    try:
-        async with await anyio.open_file(partial, "wb") as out:
-            body = _form_file(request, content_type) if multipart else request.stream()
-            async for chunk in body:
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                await out.write(chunk)
-        if size == 0:
-            # No body and an empty one look the same over HTTP (Content-Length: 0).
-            raise invalid(("body",), "the upload is empty: send the file's bytes")
-        await anyio.to_thread.run_sync(os.replace, partial, directory / name)
-    finally:
-        await anyio.Path(partial).unlink(missing_ok=True)
+    refuse_declared_size(request, allowed, what="upload", limit=limit)
+    directory = anyio.Path(settings.app.upload_dir)
+    await directory.mkdir(parents=True, exist_ok=True)
+    body = _form_file(request, content_type) if multipart else request.stream()
+    size = await store_body(
+        body, directory / name, what="upload", limit=limit, accept=_refuse_empty
+    )
     return StoredFile(name=name, size=size)
+
+
+def _refuse_empty(size: int) -> None:
+    if size == 0:
+        # No body and an empty one look the same over HTTP (Content-Length: 0).
+        raise invalid(("body",), "the upload is empty: send the file's bytes")
 
 
 async def _form_file(request: Request, content_type: str) -> AsyncIterator[bytes]:

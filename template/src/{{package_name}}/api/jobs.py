@@ -11,6 +11,7 @@ error of the job with its line number, not of the request.
 import codecs
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -24,6 +25,7 @@ from ..job_queue import enqueue
 from ..jobs import IMPORT_ITEMS
 from ..schemas import JobPublic, RowId
 from ..security import CurrentUserId
+from .body_storage import BINARY_SCHEMA, refuse_declared_size, store_body
 from .projects import check_owner
 
 logger = logging.getLogger(__name__)
@@ -34,11 +36,10 @@ IMPORTS_SUBDIR = "imports"
 # What the route keeps of the body's start, to check a CSV header.
 HEAD_BYTES = 64 * 1024
 
-_BINARY = {"type": "string", "format": "binary", "minLength": 1}
 _IMPORT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {media_type: {"schema": _BINARY} for media_type in MEDIA_TYPES},
+        "content": {media_type: {"schema": BINARY_SCHEMA} for media_type in MEDIA_TYPES},
     }
 }
 
@@ -75,43 +76,21 @@ async def import_items(
     await check_owner(db, project_id, caller)
     settings = resources.settings
     limit = settings.jobs.max_import_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+    refuse_declared_size(request, limit, what="import", limit=limit)
     # Absolute: the worker that reads it may run elsewhere (sharing the directory).
     directory = await anyio.Path(settings.app.upload_dir, IMPORTS_SUBDIR).resolve()
     await directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{secrets.token_hex(16)}.{import_format}"
-    partial = target.with_name(f".{target.name}.part")
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    head = b""
-    size = 0
-    try:
-        async with await anyio.open_file(partial, "wb") as out:
-            async for chunk in request.stream():
-                try:
-                    decoder.decode(chunk)
-                except UnicodeDecodeError as exc:
-                    raise invalid(
-                        ("body",), f"not UTF-8 text: byte {size + exc.start} cannot be decoded"
-                    ) from None
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                if len(head) < HEAD_BYTES:
-                    head += chunk[: HEAD_BYTES - len(head)]
-                await out.write(chunk)
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            raise invalid(("body",), "not UTF-8 text: the body ends inside a character") from None
-        if not head.strip():
+    body = _Utf8Body(request.stream())
+
+    def accept(size: int) -> None:
+        body.check_complete()
+        if not body.head.strip():
             raise invalid(("body",), "the import is empty: send one item a line")
-        if import_format == "csv" and (problem := csv_header_problem(first_line(head))):
+        if import_format == "csv" and (problem := csv_header_problem(first_line(body.head))):
             raise invalid(("body",), problem)
-        await partial.replace(target)
-    finally:
-        await partial.unlink(missing_ok=True)
+
+    await store_body(body, target, what="import", limit=limit, accept=accept)
     try:
         job = await job_rows.create_import(
             resources.engine,
@@ -138,10 +117,34 @@ async def import_items(
     return job
 
 
-def _too_large(limit: int) -> HTTPException:
-    return HTTPException(
-        status.HTTP_413_CONTENT_TOO_LARGE, f"import exceeds the limit of {limit} bytes"
-    )
+class _Utf8Body:
+    """The body's chunks, checked to be UTF-8 text as they pass (422 at the first bad byte),
+    its first HEAD_BYTES kept in ``head``."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._size = 0
+        self.head = b""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._chunks:
+            try:
+                self._decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                raise invalid(
+                    ("body",), f"not UTF-8 text: byte {self._size + exc.start} cannot be decoded"
+                ) from None
+            self._size += len(chunk)
+            if len(self.head) < HEAD_BYTES:
+                self.head += chunk[: HEAD_BYTES - len(self.head)]
+            yield chunk
+
+    def check_complete(self) -> None:
+        try:
+            self._decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise invalid(("body",), "not UTF-8 text: the body ends inside a character") from None
 
 
 @router.get("/jobs/{job_id:int}", responses=documented(401, 404))

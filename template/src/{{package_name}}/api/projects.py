@@ -4,7 +4,11 @@ and a background recount.
 Who sees what: a private project is its owner's alone (to anyone else it does not exist: 404);
 only the owner writes (403 on a public project, 404 on a private one; 401 without a token). The
 shared cache holds what an anonymous caller sees; a signed-in caller's pages are cached under
-their user id (http_cache.py)."""
+their user id (http_cache.py).
+
+The two cached reads take their resources with ``resources_of(request)`` instead of a ``*Dep``
+(deps.py): on a cache hit, resolving one more dependency is a measurable part of the request.
+Every other route declares what it needs."""
 
 import logging
 

@@ -1,5 +1,6 @@
 """Rate limits on every API route, and the sign-in lockout, counted by the ``limits`` library in
-the cache's store ({% if cache_backend == 'redis' %}Redis, shared by every process and replica{% else %}this process's memory{% endif %}).
+the cache's store: Redis, shared by every process and replica, or this process's memory
+(ratelimit_store.py).
 
 - Every request under the API prefix is counted before routing (``RateLimitMiddleware``), so no
   route escapes: sign-in, refresh and sign-up count against the stricter ``credentials`` limit,
@@ -29,12 +30,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from limits import RateLimitItem, RateLimitItemPerSecond, parse
-from limits.aio.storage import MemoryStorage, {% if cache_backend == 'redis' %}RedisStorage, {% endif %}Storage
+from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from limits.errors import StorageError
-{%- if cache_backend == 'redis' %}
-from redis.asyncio import ConnectionPool
-{%- endif %}
 from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -198,48 +196,6 @@ class RateLimits:
 
     async def close(self) -> None:
         await self._close()
-{%- if cache_backend == 'redis' %}
-
-
-def _storage_url(redis_url: str) -> str:
-    # limits' names for redis-py's URLs: async+redis://, async+rediss://, async+redis+unix://
-    if redis_url.startswith("unix://"):
-        return "async+redis+" + redis_url
-    return "async+" + redis_url
-
-
-def create_rate_limits(settings: Settings) -> RateLimits:
-    """Counters in Redis through redis-py (limits' ``redispy`` implementation), keys under
-    RATE_LIMIT_KEY_PREFIX, the cache's timeouts."""
-    timeout = settings.redis.timeout_seconds
-    # Our pool, so that the lifespan closes it (limits' storages have no close).
-    pool = ConnectionPool.from_url(
-        settings.redis.url, socket_timeout=timeout, socket_connect_timeout=max(timeout, 1.0)
-    )
-    storage = RedisStorage(
-        _storage_url(settings.redis.url),
-        implementation="redispy",
-        wrap_exceptions=True,
-        key_prefix=settings.rate_limit.key_prefix,
-        connection_pool=pool,  # type: ignore[arg-type]
-    )
-    return RateLimits(settings.rate_limit, storage, storage, pool.aclose)
-{%- else %}
-
-
-def create_rate_limits(settings: Settings) -> RateLimits:
-    """Counters in this process's memory. The lockout has a store of its own: limits' memory
-    store sweeps every moving window it holds whenever it counts anything."""
-    routes, lockout = MemoryStorage(wrap_exceptions=True), MemoryStorage(wrap_exceptions=True)
-
-    async def close() -> None:
-        # Their sweeping task, if one is running: nothing else is held.
-        for storage in (routes, lockout):
-            if storage.timer is not None:
-                storage.timer.cancel()
-
-    return RateLimits(settings.rate_limit, routes, lockout, close)
-{%- endif %}
 
 
 # --- who is asking
