@@ -8,8 +8,7 @@ import logging
 import time
 
 from bench_service.main import create_app
-from bench_service.middleware import TimingMiddleware
-from bench_service.observability.timing import RequestTimings, current_timings
+from bench_service.observability.timing import RequestTimings, TimingMiddleware, current_timings
 from bench_service.schemas import OwnerPublic
 from bench_service.settings import Settings, get_settings
 from fastapi import FastAPI, Request, Response
