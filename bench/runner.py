@@ -553,6 +553,40 @@ def uncached_reads(bench: Bench) -> list[Figure]:
     ]
 
 
+def signed_in(bench: Bench) -> list[Figure]:
+    """What a bearer token costs a read: the same requests with and without one (its JWT verified,
+    the rate limit counting per user instead of per address). A public project's body is shared,
+    so both hit the same cache entry; a signed-in caller's list page is built for them."""
+    size = bench.config.list_page_size
+    detail = "/api/v1/projects/1"
+    page = f"/api/v1/projects?page=1&page_size={size}"
+    token = {"Authorization": f"Bearer {bench.token_for(1)}"}
+    if bench.get("full", detail, **token).content != bench.get("full", detail).content:
+        raise RuntimeError(f"{detail}: a signed-in caller got other bytes than an anonymous one")
+    anonymous_hit, signed_hit, anonymous_page, signed_page = bench.compare(
+        Load("12: cached project, anonymous", "full", detail),
+        Load("12: cached project, signed in", "full", detail, token),
+        Load(f"12: uncached page of {size}, anonymous", "full", page),
+        Load(f"12: uncached page of {size}, signed in", "full", page, token),
+    )
+    return [
+        Figure(
+            12,
+            "signed-in vs anonymous cached GET /projects/{id} (req/s)",
+            signed_hit.rps / anonymous_hit.rps,
+            target_op=">=",
+            target=0.8,
+            detail=_rps(signed_hit, anonymous_hit),
+        ),
+        Figure(
+            12,
+            f"signed-in vs anonymous uncached page of {size} (req/s)",
+            signed_page.rps / anonymous_page.rps,
+            detail=_rps(signed_page, anonymous_page),
+        ),
+    ]
+
+
 FIGURES: list[tuple[int, str, Callable[[Bench], list[Figure]]]] = [
     (1, "cached project and page vs ceiling, freshness across servers", ceiling),
     (2, "eager vs N+1 page", n_plus_one),
@@ -565,6 +599,7 @@ FIGURES: list[tuple[int, str, Callable[[Bench], list[Figure]]]] = [
     (9, "PgBouncer", pooler),
     (10, "uncached reads vs bare route", uncached_reads),
     (11, "Redis restart", redis_restart),
+    (12, "signed-in vs anonymous reads", signed_in),
 ]
 
 
