@@ -25,6 +25,7 @@ from .db.jobs import ImportRun
 from .deps import Resources
 from .items_import import ImportReader
 from .job_queue import enqueue
+from .observability.logs import job_logging
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,12 @@ async def run_import(
 ) -> None:
     """Run (or resume) the import job ``job_id``; a job that needs no run is left alone. Once
     ``stopping`` is set (the worker got SIGTERM) the run ends after its current batch, and the
-    job is queued again."""
+    job is queued again. Every line it logs names the job."""
+    with job_logging(job_id):
+        await _run_import(resources, job_id, stopping)
+
+
+async def _run_import(resources: Resources, job_id: int, stopping: asyncio.Event | None) -> None:
     engine = resources.engine
     settings = resources.settings.jobs
     try:

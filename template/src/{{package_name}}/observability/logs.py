@@ -1,4 +1,5 @@
-"""Logging: JSON lines in production, readable lines in development, a request id on every line.
+"""Logging: JSON lines in production, readable lines in development, the request id (and in a
+background job, the job id) on every line.
 
 ``configure_logging`` is the one place that sets logging up; ``create_app`` and the CLI call it.
 It replaces only the handler it installed itself, so calling it again (one app per test) is
@@ -8,6 +9,8 @@ harmless and leaves other handlers (pytest's log capture) alone.
 import asyncio
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -19,22 +22,38 @@ from ..settings import AppSettings
 # Set by the access log middleware for the duration of a request; tasks started inside the
 # request copy the context, so their lines carry the id too.
 current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+# Set while a job runs (``job_logging``), in a worker or in the web process.
+current_job_id: ContextVar[int | None] = ContextVar("current_job_id", default=None)
 
-TEXT_FORMAT = "%(asctime)s %(levelname)-7s [%(request_id)s] %(name)s: %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s [%(request_id)s]%(job)s %(name)s: %(message)s"
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged.
 # Except uvicorn's ``color_message``: the message again, with ANSI colour codes for a terminal.
 _RECORD_ATTRIBUTES = frozenset(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
-    | {"message", "asctime", "request_id", "taskName", "color_message"}
+    | {"message", "asctime", "request_id", "job_id", "job", "taskName", "color_message"}
 )
 
 
+@contextmanager
+def job_logging(job_id: int) -> Iterator[None]:
+    """Every line logged inside (by any logger, the database's too) names the job ``job_id``."""
+    token = current_job_id.set(job_id)
+    try:
+        yield
+    finally:
+        current_job_id.reset(token)
+
+
 class RequestIdFilter(logging.Filter):
-    """Stamps ``record.request_id`` (``-`` outside a request) for the formatters."""
+    """Stamps ``record.request_id`` (``-`` outside a request) and ``record.job_id`` (None
+    outside a job) for the formatters."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = current_request_id.get() or "-"
+        job_id = current_job_id.get()
+        record.job_id = job_id
+        record.job = "" if job_id is None else f" job={job_id}"
         return True
 
 
@@ -66,6 +85,9 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", "-")
         if request_id != "-":
             entry["request_id"] = request_id
+        job_id = getattr(record, "job_id", None)
+        if job_id is not None:
+            entry["job_id"] = job_id
         entry.update(
             (key, value) for key, value in record.__dict__.items() if key not in _RECORD_ATTRIBUTES
         )
