@@ -60,39 +60,41 @@ def core_pins() -> tuple[list[str], list[str], str]:
 
 
 def start(name: str, factory: str, env: dict[str, str], log_dir: Path, pin: list[str]) -> Server:
-    """Serve the app that ``factory`` ("module:function") makes, on a free port."""
-    port = free_port()
+    """Serve the app that ``factory`` ("module:function") makes on a port bound here, before the
+    server starts, and handed to it (``--fd``): no other process can take the port meanwhile."""
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    command = [
-        *pin,
-        sys.executable,
-        "-m",
-        "uvicorn",
-        factory,
-        "--factory",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--loop",
-        loop,
-        "--http",
-        "httptools",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
     log_path = log_dir / f"server-{name}.log"
     log: IO[bytes]
-    with log_path.open("wb") as log:
+    with socket.socket() as listener, log_path.open("wb") as log:
+        listener.bind((HOST, 0))
+        listener.listen(2048)  # connections wait here until uvicorn accepts them
+        command = [
+            *pin,
+            sys.executable,
+            "-m",
+            "uvicorn",
+            factory,
+            "--factory",
+            "--fd",
+            str(listener.fileno()),
+            "--loop",
+            loop,
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and app
             command,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
+            pass_fds=(listener.fileno(),),
             start_new_session=True,  # its own process group: stopped as a whole
         )
+        port = int(listener.getsockname()[1])
     return Server(name=name, factory=factory, port=port, process=process, log_path=log_path)
 
 
