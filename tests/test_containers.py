@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -205,6 +206,52 @@ def _get(port: int, path: str) -> tuple[int | None, bytes]:
         return int(error.code), error.read()
     except (OSError, urllib.error.URLError):
         return None, b""
+
+
+def _call(
+    port: int, method: str, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, dict]:
+    request = urllib.request.Request(  # noqa: S310 - a local URL
+        f"http://127.0.0.1:{port}{path}", data=body or None, headers=headers, method=method
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=10) as response:
+            return int(response.status), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return int(error.code), json.loads(error.read())
+
+
+def _import_three_items(port: int) -> dict:
+    """Sign up and in, create a project, import three NDJSON items into it: the job once it
+    ended (60 s at most)."""
+    as_json = {"Content-Type": "application/json"}
+    account = {"email": "importer@example.com", "username": "importer", "name": "Importer"}
+    password = secrets.token_urlsafe(16)
+    signed_up = json.dumps({**account, "password": password}).encode()
+    assert _call(port, "POST", "/api/v1/users", signed_up, as_json)[0] == 201
+    form = urllib.parse.urlencode({"username": "importer", "password": password}).encode()
+    form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, tokens = _call(port, "POST", "/api/v1/auth/token", form, form_type)
+    assert status == 200, tokens
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+    project = json.dumps({"name": "imported"}).encode()
+    status, created = _call(port, "POST", "/api/v1/projects", project, {**bearer, **as_json})
+    assert status == 201, created
+    items = b"".join(
+        json.dumps({"name": f"item {n}", "price_cents": n + 1}).encode() + b"\n" for n in range(3)
+    )
+    path = f"/api/v1/projects/{created['id']}/items/import"
+    ndjson = {**bearer, "Content-Type": "application/x-ndjson"}
+    status, job = _call(port, "POST", path, items, ndjson)
+    assert status == 202, job
+    deadline = time.monotonic() + 60
+    while job["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+        status, job = _call(port, "GET", f"/api/v1/jobs/{job['id']}", b"", bearer)
+        assert status == 200, job
+    return job
 
 
 def _wait_ready(port: int, container: str, timeout: float = 180) -> None:
@@ -415,6 +462,8 @@ def test_compose_stack_comes_up_answers_and_goes_away(images: Images) -> None:
 
     try:
         up("app")
+        if "worker" in services:  # Redis: the jobs' own process
+            up("worker")
         assert started == set(services)
         app = _container(project_name, "app")
         _wait_ready(port, app)
@@ -426,6 +475,15 @@ def test_compose_stack_comes_up_answers_and_goes_away(images: Images) -> None:
         # The one-shot migration ran once and is not restarted.
         migrate = _container(project_name, "migrate")
         assert run_ok(["podman", "wait", migrate], directory).strip() == "0"
+        # An import: the app stores the body on the shared volume and queues the job; the worker
+        # (or, without Redis, the app itself) runs it.
+        job = _import_three_items(port)
+        assert (job["status"], job["processed"], job["failed_rows"]) == ("succeeded", 3, 0), job
+        if "worker" in services:
+            # The worker's liveness check, as the engine runs it: its heartbeat is fresh.
+            worker = _container(project_name, "worker")
+            _wait_condition(project_name, "worker", "service_healthy", directory)
+            assert "import job" in run_ok(["podman", "logs", worker], directory)
     finally:
         run_ok([*base, "down", "--volumes"], directory, env, timeout=300)
         run(["podman", "rmi", *named], directory)  # the names only: the images stay tagged

@@ -151,7 +151,7 @@ def test_compose_services_follow_the_answers(project) -> None:
     redis = project.combo.cache_backend == "redis"
     expected = {"migrate", "app"}
     expected |= {"db"} if postgres else set()
-    expected |= {"redis"} if redis else set()
+    expected |= {"redis", "worker"} if redis else set()  # with Redis, jobs run in a worker
     assert set(services) == expected
 
     app, migrate = services["app"], services["migrate"]
@@ -195,6 +195,17 @@ def test_compose_services_follow_the_answers(project) -> None:
         assert app["environment"]["REDIS_URL"] == "redis://redis:6379/0"
         assert app["depends_on"]["redis"] == {"condition": "service_healthy"}
         assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+        # The app's image, environment and volume (the imports wait there), its own command.
+        worker = services["worker"]
+        assert (worker["image"], worker["volumes"]) == (app["image"], app["volumes"])
+        assert worker["environment"]["REDIS_URL"] == app["environment"]["REDIS_URL"]
+        assert worker["environment"]["DATABASE_URL"] == database_url
+        assert worker["command"][:2] == [project.slug, "worker"]
+        assert worker["depends_on"]["migrate"] == app["depends_on"]["migrate"]
+        assert worker["depends_on"]["redis"] == {"condition": "service_healthy"}
+        heartbeat = worker["command"][worker["command"].index("--heartbeat-file") + 1]
+        assert heartbeat in " ".join(worker["healthcheck"]["test"])
+        assert "ports" not in worker
     else:
         assert "REDIS_URL" not in app["environment"]
     # Longer than serve's default --graceful-timeout of 20 s.

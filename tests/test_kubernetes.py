@@ -37,11 +37,15 @@ from {package}.cli import app
 from {package}.main import create_app
 from {package}.settings import Settings
 
-serve = typer.main.get_command(app).commands["serve"]
-options = {{
-    opt: {{"default": param.default, "envvar": param.envvar}}
-    for param in serve.params if param.param_type_name == "option" for opt in param.opts
-}}
+commands = typer.main.get_command(app).commands
+options, worker_options = (
+    {{
+        opt: {{"default": param.default, "envvar": param.envvar}}
+        for param in commands[name].params if param.param_type_name == "option"
+        for opt in param.opts
+    }}
+    for name in ("serve", "worker")
+)
 routes = sorted(path for path, ops in create_app().openapi()["paths"].items() if "get" in ops)
 env = sorted(
     (group.model_config.get("env_prefix") or "") + name
@@ -49,7 +53,8 @@ env = sorted(
     for group in [field.annotation]
     for name in group.model_fields
 )
-print(json.dumps({{"options": options, "routes": routes, "env": env}}))
+facts = {{"options": options, "worker_options": worker_options, "routes": routes, "env": env}}
+print(json.dumps(facts))
 """
 
 
@@ -58,14 +63,18 @@ def documents(path: Path) -> list[dict[str, Any]]:
 
 
 def manifests(project_dir: Path) -> dict[str, dict[str, Any]]:
-    """kind -> the one resource of that kind, from every kustomization's resources."""
+    """kind -> the one resource of that kind, from every kustomization's resources; the job
+    workers' (cache_backend=redis) as "worker <kind>"."""
     found: dict[str, dict[str, Any]] = {}
     for directory in KUSTOMIZATIONS:
         kustomization = documents(project_dir / directory / "kustomization.yaml")[0]
         for name in kustomization["resources"]:
             for doc in documents(project_dir / directory / name):
-                assert doc["kind"] not in found, f"two {doc['kind']} resources"
-                found[doc["kind"]] = doc
+                labels = doc["metadata"].get("labels", {})
+                worker = labels.get("app.kubernetes.io/component") == "worker"
+                key = f"worker {doc['kind']}" if worker else doc["kind"]
+                assert key not in found, f"two {key} resources"
+                found[key] = doc
     return found
 
 
@@ -93,9 +102,12 @@ def test_every_manifest_validates_and_every_kustomization_lists_its_files(projec
                     except kubernetes_validate.ValidationError as exc:
                         pytest.fail(f"{directory}/{name} on Kubernetes {version}: {exc}")
     found = manifests(project.project_dir)
+    # With Redis, the job workers and the imports' claim they share with the web pods.
+    workers = ["worker Deployment", "worker PodDisruptionBudget", "PersistentVolumeClaim"]
     assert sorted(found) == sorted(
         ["ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"]
         + ["PodDisruptionBudget", "Job"]
+        + (workers if project.combo.cache_backend == "redis" else [])
     )
 
 
@@ -148,9 +160,11 @@ def test_manifests_agree_with_the_image_and_each_other(project) -> None:
     assert pause[0] == "sleep"
     assert pod["spec"]["terminationGracePeriodSeconds"] >= int(pause[1]) + graceful + 5
 
-    # Non-root as the image's user; a read-only root with emptyDirs where the service writes.
+    # Non-root as the image's user; a read-only root with emptyDirs where the service writes
+    # (and the imports' shared claim, with Redis).
     user = re.search(r"--uid (\d+)", " ".join(instructions(runtime, "RUN"))).group(1)
-    for resource in (deployment, job):
+    worker = found.get("worker Deployment")
+    for resource in (deployment, job, *([worker] if worker else [])):
         spec = resource["spec"]["template"]["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["runAsUser"] == int(user)
@@ -159,9 +173,11 @@ def test_manifests_agree_with_the_image_and_each_other(project) -> None:
         assert security["allowPrivilegeEscalation"] is False
         assert security["capabilities"]["drop"] == ["ALL"]
         assert {"requests", "limits"} <= set(container(resource)["resources"])
-        empty_dirs = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+        writable = {
+            v["name"] for v in spec["volumes"] if {"emptyDir", "persistentVolumeClaim"} & set(v)
+        }
         mounts = {m["mountPath"]: m["name"] for m in container(resource)["volumeMounts"]}
-        assert set(mounts.values()) <= empty_dirs
+        assert set(mounts.values()) <= writable
         assert "/tmp" in mounts
     workdir = instructions(runtime, "WORKDIR")[-1]
     upload_dir = "var/uploads"  # settings.py's default APP_UPLOAD_DIR, under the WORKDIR
@@ -185,6 +201,11 @@ def test_manifests_agree_with_the_image_and_each_other(project) -> None:
         assert all("value" not in env for env in container(resource)["env"] if env["name"] in refs)
     assert not {"APP_SECRET_KEY", "DATABASE_URL", "REDIS_URL"} & set(config)
     assert config["DATABASE_POOLER"] == "pgbouncer"
+    if project.combo.cache_backend == "redis":
+        assert_the_workers_run_the_imports_the_web_pods_store(found, slug)
+    else:  # the jobs run in the web pods
+        assert worker is None
+        assert "PersistentVolumeClaim" not in found
 
     # The migration Job runs what compose's migrate service runs, straight to PostgreSQL.
     compose = yaml.safe_load((project.project_dir / "compose.yaml").read_text())
@@ -202,6 +223,47 @@ def test_manifests_agree_with_the_image_and_each_other(project) -> None:
         for directory in KUSTOMIZATIONS
     ]
     assert images == [app["image"], container(job)["image"]]
+
+
+def assert_the_workers_run_the_imports_the_web_pods_store(
+    found: dict[str, dict[str, Any]], slug: str
+) -> None:
+    deployment, worker = found["Deployment"], found["worker Deployment"]
+    web, jobs = container(deployment), container(worker)
+    # The same image and configuration; the same secrets as the web pods (checked above).
+    assert jobs["image"] == web["image"]
+    assert jobs["envFrom"] == web["envFrom"]
+    args = jobs["args"]
+    assert args[:2] == [slug, "worker"]
+    # Prometheus reaches its metrics on the port it serves them on.
+    [port] = jobs["ports"]
+    assert port["containerPort"] == int(args[args.index("--metrics-port") + 1])
+    # Both probes read the heartbeat file it touches, on a writable mount.
+    heartbeat = args[args.index("--heartbeat-file") + 1]
+    for probe in ("livenessProbe", "startupProbe"):
+        assert heartbeat in " ".join(jobs[probe]["exec"]["command"]), probe
+    assert any(heartbeat.startswith(path + "/") for path in mounts_of(worker))
+    # Its own pool: its concurrent jobs, through the same PgBouncer.
+    own = {env["name"]: env.get("value") for env in jobs["env"]}
+    assert int(own["DATABASE_POOL_SIZE"]) >= 4 + 1  # JOBS_CONCURRENCY's default, + requeuing
+    # Web and worker pods mount one ReadWriteMany claim where imports are stored.
+    claim = found["PersistentVolumeClaim"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for resource in (deployment, worker):
+        volumes = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in resource["spec"]["template"]["spec"]["volumes"]
+            if "persistentVolumeClaim" in v
+        }
+        mounted = {m["name"]: m["mountPath"] for m in container(resource)["volumeMounts"]}
+        assert {mounted[name]: claim_name for name, claim_name in volumes.items()} == {
+            "/app/var/uploads/imports": claim["metadata"]["name"]
+        }, resource["metadata"]["name"]
+    # Its own disruption budget, selecting its pods only.
+    labels = worker["spec"]["template"]["metadata"]["labels"]
+    assert worker["spec"]["selector"]["matchLabels"] == labels
+    assert found["worker PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == labels
+    assert labels != deployment["spec"]["template"]["metadata"]["labels"]
 
 
 def mounts_of(resource: dict[str, Any]) -> list[str]:
@@ -233,6 +295,12 @@ def test_probes_options_and_configuration_name_what_the_service_has(synced, serv
     assert options["--workers"]["envvar"] == "WEB_CONCURRENCY"
     graceful = int(args[args.index("--graceful-timeout") + 1])
     assert graceful == options["--graceful-timeout"]["default"]
+
+    # The worker has the options its Deployment passes (SYNCED renders Redis).
+    worker_args = container(found["worker Deployment"])["args"]
+    for arg in worker_args[2:]:
+        if arg.startswith("--"):
+            assert arg in facts["worker_options"], f"worker has no {arg} option"
 
     # Every ConfigMap key is a variable the service reads (a typo would be ignored silently).
     known = {name.upper() for name in facts["env"]} | {"PORT", "WEB_CONCURRENCY"}

@@ -519,8 +519,10 @@ def test_compose_scale_override_runs_the_same_topology(render, combo) -> None:
     base = yaml.safe_load((root / "compose.yaml").read_text())
     scale = yaml.load((root / "compose.scale.yaml").read_text(), Loader=_ComposeLoader)  # noqa: S506
     services = scale["services"]
-    assert set(services) == {"pgbouncer", "app", "balancer"}
-    assert set(services) - {"app"} <= set(services) - set(base["services"])
+    # With Redis, the job workers are scaled and pooled the same way.
+    workers = {"worker"} if combo.cache_backend == "redis" else set()
+    assert set(services) == {"pgbouncer", "app", "balancer", *workers}
+    assert set(services) - {"app", *workers} <= set(services) - set(base["services"])
 
     pgbouncer = services["pgbouncer"]["environment"]
     assert pgbouncer["POOL_MODE"] == "transaction"
@@ -533,7 +535,15 @@ def test_compose_scale_override_runs_the_same_topology(render, combo) -> None:
     assert host_of(env["DATABASE_URL"]) == "pgbouncer"
     assert env["DATABASE_POOLER"] == "pgbouncer"
     per_replica = int(env["DATABASE_POOL_SIZE"]) + int(env["DATABASE_MAX_OVERFLOW"])
-    assert replicas * per_replica * int(env["WEB_CONCURRENCY"]) <= int(pgbouncer["MAX_CLIENT_CONN"])
+    clients = replicas * per_replica * int(env["WEB_CONCURRENCY"])
+    if workers:
+        worker = services["worker"]
+        assert host_of(worker["environment"]["DATABASE_URL"]) == "pgbouncer"
+        assert worker["environment"]["DATABASE_POOLER"] == "pgbouncer"
+        pool = base["services"]["worker"]["environment"]  # its own pool, from compose.yaml
+        per_worker = int(pool["DATABASE_POOL_SIZE"]) + int(pool["DATABASE_MAX_OVERFLOW"])
+        clients += worker["deploy"]["replicas"] * per_worker
+    assert clients <= int(pgbouncer["MAX_CLIENT_CONN"])
     # Migrations keep compose.yaml's direct URL: they hold session locks.
     assert "migrate" not in services
     migrate = base["services"]["migrate"].get("environment") or base["x-app"]["environment"]

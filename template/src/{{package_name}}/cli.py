@@ -5,6 +5,7 @@
 # line) should not pay.
 
 import asyncio
+import errno
 import importlib
 import logging
 import os
@@ -217,7 +218,25 @@ def _exit_cleanly(_signal: int, _frame: object) -> None:
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve the worker's /metrics on this port (all interfaces)",
+            min=1,
+            max=65535,
+            envvar="WORKER_METRICS_PORT",
+        ),
+    ] = None,
+    heartbeat_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Touch this file every 5 s while running (for a liveness probe)",
+            envvar="WORKER_HEARTBEAT_FILE",
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
     """Run queued jobs (item imports) until SIGTERM or SIGINT: then the running jobs finish."""
     from .observability.logs import configure_logging
     from .worker import NoQueueToServe, run_worker
@@ -225,7 +244,12 @@ def worker() -> None:
     settings = get_settings()
     configure_logging(settings.app)
     try:
-        asyncio.run(run_worker(settings))
+        asyncio.run(run_worker(settings, metrics_port=metrics_port, heartbeat_file=heartbeat_file))
+    except OSError as exc:
+        if metrics_port is None or exc.errno != errno.EADDRINUSE:
+            raise
+        typer.echo(f"error: the metrics port {metrics_port} is in use: {exc}", err=True)
+        raise typer.Exit(1) from None
     except NoQueueToServe:
         typer.echo(
             "error: jobs run in the web process (cache_backend=memory): `serve` runs them,"

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from typing import Annotated
 
 import anyio
@@ -26,6 +27,7 @@ from .deps import Resources
 from .items_import import ImportReader
 from .job_queue import enqueue
 from .observability.logs import job_logging
+from .observability.metrics import observe_job_run
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +43,25 @@ async def run_import(
 ) -> None:
     """Run (or resume) the import job ``job_id``; a job that needs no run is left alone. Once
     ``stopping`` is set (the worker got SIGTERM) the run ends after its current batch, and the
-    job is queued again. Every line it logs names the job."""
+    job is queued again. Every line it logs names the job; /metrics times the run by how it
+    ended."""
+    started = time.perf_counter()
     with job_logging(job_id):
-        await _run_import(resources, job_id, stopping)
+        ended = await _run_import(resources, job_id, stopping)
+    observe_job_run(IMPORT_ITEMS, ended, time.perf_counter() - started)
 
 
-async def _run_import(resources: Resources, job_id: int, stopping: asyncio.Event | None) -> None:
+class Ended(enum.StrEnum):
+    """How a run ended (/metrics times runs by it)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # for good
+    RETRIED = "retried"  # a transient error: queued again
+    STOPPED = "stopped"  # the worker stopping: queued again
+    SKIPPED = "skipped"  # nothing to run: finished already, or another run has it
+
+
+async def _run_import(resources: Resources, job_id: int, stopping: asyncio.Event | None) -> Ended:
     engine = resources.engine
     settings = resources.settings.jobs
     try:
@@ -56,9 +71,9 @@ async def _run_import(resources: Resources, job_id: int, stopping: asyncio.Event
         logger.warning("import job %d not started: %s; again in %.0f s", job_id, exc, MAX_BACKOFF)
         await asyncio.sleep(MAX_BACKOFF)
         await enqueue(resources.broker, IMPORT_ITEMS, job_id)
-        return
+        return Ended.RETRIED
     if run is None:
-        return
+        return Ended.SKIPPED
     logger.info("import job %d: attempt %d, from line %d", job_id, run.attempts, run.position)
     try:
         outcome = await _import_batches(resources, run, stopping)
@@ -70,25 +85,29 @@ async def _run_import(resources: Resources, job_id: int, stopping: asyncio.Event
             )
             await asyncio.sleep(pause)
             await _queue_again(resources, job_id)
-            return
+            return Ended.RETRIED
         logger.error("import job %d failed on its last attempt: %s", job_id, exc)
         await _project_changed(resources, run)
         await job_rows.fail(engine, job_id, f"{_describe(exc)} (attempt {run.attempts}, the last)")
+        ended = Ended.FAILED
     except Exception as exc:
         logger.exception("import job %d failed", job_id)
         await _project_changed(resources, run)
         await job_rows.fail(engine, job_id, _describe(exc))
+        ended = Ended.FAILED
     else:
         if outcome is _Outcome.STOPPED:
             await _queue_again(resources, job_id)
-            return
+            return Ended.STOPPED
         if outcome is _Outcome.OVERTAKEN:
-            return
+            return Ended.SKIPPED
         await _project_changed(resources, run)
         if not await job_rows.succeed(engine, job_id):
-            return
+            return Ended.SKIPPED
         logger.info("import job %d succeeded", job_id)
+        ended = Ended.SUCCEEDED
     await anyio.Path(run.source).unlink(missing_ok=True)
+    return ended
 
 
 def _describe(exc: BaseException) -> str:

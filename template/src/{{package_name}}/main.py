@@ -11,6 +11,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from .api import api_router, auth, files, users
 from .api.health import router as health_router
+from .api.metrics import router as metrics_router
 from .db.engine import DatabaseUnavailable, SchemaBehind
 from .docs import add_docs
 from .errors import method_not_allowed, request_validation_error
@@ -19,7 +20,6 @@ from .lifespan import lifespan
 from .middleware import BodyLimitMiddleware, JsonErrorsMiddleware
 from .observability.logs import configure_logging
 from .observability.metrics import observe_request
-from .observability.metrics import router as metrics_router
 from .observability.request_log import AccessLogMiddleware, InFlight
 from .observability.timing import TimingMiddleware
 from .observability.tracing import telemetry_config

@@ -5,13 +5,21 @@ and settings as a request, and listens to the queue with taskiq's receiver until
 SIGINT: then it takes no new job, and a running import ends after its current batch and is
 queued again (another worker, or this one restarted, resumes it). A job is acknowledged once it
 ran; a worker killed before that leaves it to another (job_broker.py).
+
+For its supervisor: its own ``/metrics`` (the job runs it timed, its pool) on ``metrics_port``,
+served from a thread, and a heartbeat file touched every few seconds by its event loop, which a
+liveness probe checks: a loop blocked by a job stops touching it.
 """
 
 import asyncio
+import contextlib
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import anyio
+from prometheus_client import REGISTRY, start_http_server
 from taskiq import AcknowledgeType
 from taskiq.receiver import Receiver
 
@@ -22,18 +30,44 @@ from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
+# The heartbeat file is touched this often; a probe allows several missed beats (README.md).
+HEARTBEAT_SECONDS = 5.0
+
 
 class NoQueueToServe(Exception):
     """The service runs its jobs in the web process (no Redis): there is nothing to listen to."""
 
 
 async def run_worker(
-    settings: Settings, stop: asyncio.Event | None = None, ready: asyncio.Event | None = None
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+    *,
+    metrics_port: int | None = None,
+    heartbeat_file: Path | None = None,
 ) -> None:
     """Run jobs until ``stop`` is set (SIGTERM or SIGINT when none is given); ``ready`` is set
-    once it listens."""
+    once it listens. ``metrics_port``: serve /metrics there (when metrics are enabled);
+    ``heartbeat_file``: touch it every HEARTBEAT_SECONDS while running."""
     if not IN_WORKERS:
         raise NoQueueToServe
+    if metrics_port is not None and settings.app.metrics_enabled:
+        metrics_server, _thread = start_http_server(metrics_port, registry=REGISTRY)
+    else:
+        metrics_server = None
+    try:
+        await _listen(settings, stop, ready, heartbeat_file)
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+
+
+async def _listen(
+    settings: Settings,
+    stop: asyncio.Event | None,
+    ready: asyncio.Event | None,
+    heartbeat_file: Path | None,
+) -> None:
     app = create_app(settings)
     async with app.router.lifespan_context(app) as state:
         assert state is not None
@@ -54,6 +88,7 @@ async def run_worker(
         requeuing = asyncio.create_task(
             requeue_abandoned(broker, settings, stop, lambda: queue_unfinished(resources))
         )
+        beating = asyncio.create_task(_beat(heartbeat_file, stop)) if heartbeat_file else None
         logger.info("worker listening for jobs")
         if ready is not None:
             ready.set()
@@ -72,4 +107,15 @@ async def run_worker(
         finally:
             stop.set()
             await requeuing
+            if beating is not None:
+                await beating
         logger.info("worker stopped: no job running")
+
+
+async def _beat(heartbeat_file: Path, stop: asyncio.Event) -> None:
+    path = anyio.Path(heartbeat_file)
+    while not stop.is_set():
+        await path.touch()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
+    await path.unlink(missing_ok=True)  # stopped: not alive

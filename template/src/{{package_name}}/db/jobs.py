@@ -123,6 +123,16 @@ async def unfinished_jobs(engine: AsyncEngine) -> list[int]:
         return list(rows)
 
 
+async def count_unfinished(engine: AsyncEngine) -> dict[str, int]:
+    """How many jobs are queued and how many running (the index on ``status``)."""
+    statement = (
+        select(Job.status, func.count()).where(Job.status.in_(UNFINISHED)).group_by(Job.status)
+    )
+    async with engine.connect() as conn:
+        counted = dict((await conn.execute(statement)).all())
+    return {status: counted.get(status, 0) for status in UNFINISHED}
+
+
 async def commit_batch(
     engine: AsyncEngine,
     run: ImportRun,

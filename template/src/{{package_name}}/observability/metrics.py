@@ -1,4 +1,5 @@
-"""Prometheus metrics: requests by route template, database pool use, cache hits and misses.
+"""Prometheus metrics: requests by route template, database pool use, cache hits and misses,
+jobs' runs, and the jobs queued and running.
 
 Labels stay bounded: routes are templates (``/api/v1/projects/{project_id}``, ``unmatched`` for
 paths no route matched), methods outside the standard set count as ``other``.
@@ -6,13 +7,15 @@ paths no route matched), methods outside the standard set count as ``other``.
 With several worker processes (``serve --workers N``) every process writes its values to files
 in ``PROMETHEUS_MULTIPROC_DIR`` and ``GET /metrics`` adds them up, whichever worker answers. The
 variable must be set before this module is imported; ``serve`` does that for its workers.
+Job runs are counted where they run: the web process (an in-process queue) or the job worker,
+which serves its own ``/metrics`` (worker.py). The jobs queued and running are the database's
+count, read at each scrape: the same answer from every instance.
 """
 
 import os
+from collections.abc import Iterator
 
-from fastapi import APIRouter, Response
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
@@ -21,6 +24,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -52,6 +57,15 @@ POOL_SIZE = Gauge(
 CACHE_LOOKUPS = Counter("cache_lookups_total", "Cache lookups by result.", ("result",))
 _CACHE_HIT = CACHE_LOOKUPS.labels("hit")
 _CACHE_MISS = CACHE_LOOKUPS.labels("miss")
+
+JOB_RUN_SECONDS = Histogram(
+    "job_run_duration_seconds",
+    "A job's run, by task and how it ended: succeeded, failed (for good), retried (a transient"
+    " error: queued again), stopped (the worker stopping: queued again) or skipped (nothing to"
+    " run).",
+    ("task", "outcome"),
+    buckets=(0.01, 0.05, 0.25, 1, 5, 15, 60, 300, 900, 3600),
+)
 
 
 def record_cache_lookup(hit: bool) -> None:
@@ -85,20 +99,42 @@ def observe_pool(engine: AsyncEngine, pool_size: int) -> None:
     event.listen(pool, "checkin", lambda *_: update(-1))
 
 
+def observe_job_run(task: str, outcome: str, seconds: float) -> None:
+    JOB_RUN_SECONDS.labels(task, outcome).observe(seconds)
+
+
+class _UnfinishedJobs(Collector):
+    """``jobs_unfinished{status="queued"|"running"}``, counted by the database at the scrape."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "jobs_unfinished", "Jobs queued or running (the database's count).", labels=["status"]
+        )
+        for status, count in self.counts.items():
+            gauge.add_metric([status], count)
+        yield gauge
+
+
 def process_stopped() -> None:
     """Drop this worker's live gauges from the shared directory (its counters stay counted)."""
     if os.environ.get(MULTIPROC_DIR_VARIABLE):
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
-router = APIRouter()
-
-
-@router.get("/metrics", include_in_schema=False)
-def metrics() -> Response:
-    # Plain def: reading the multiprocess files is blocking I/O, so it runs in the threadpool.
+def exposition(unfinished_jobs: dict[str, int] | None) -> bytes:
+    """The text /metrics answers: this process's metrics, or with several worker processes every
+    one's (blocking I/O: the files in PROMETHEUS_MULTIPROC_DIR), and the jobs queued and running
+    when the database counted them."""
     registry = REGISTRY
     if os.environ.get(MULTIPROC_DIR_VARIABLE):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    text = generate_latest(registry)
+    if unfinished_jobs is not None:
+        jobs_registry = CollectorRegistry(auto_describe=False)
+        jobs_registry.register(_UnfinishedJobs(unfinished_jobs))
+        text += generate_latest(jobs_registry)
+    return text

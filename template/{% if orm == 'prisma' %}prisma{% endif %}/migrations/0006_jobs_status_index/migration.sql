@@ -1,0 +1,2 @@
+-- CreateIndex
+CREATE INDEX "ix_jobs_status" ON "jobs"("status");
