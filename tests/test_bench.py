@@ -18,7 +18,7 @@ from template_config import REPO_ROOT, Combination, combinations, default_combin
 POSTGRES_REDIS = Combination(
     {**default_combination().answers, "database": "postgresql", "cache_backend": "redis"}
 )
-FIGURES = range(1, 13)
+FIGURES = range(1, 14)
 
 # Run inside the generated project: what the bench run left behind on the servers.
 LEFTOVERS = """

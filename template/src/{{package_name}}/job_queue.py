@@ -3,12 +3,15 @@ Its broker (Redis Streams, or in-process without Redis) is created by job_broker
 works with either.
 
 The queue carries only a job's id: what the job is and how far it got live in the ``jobs``
-table (db/jobs.py), which the status route reads.
+table (db/jobs.py), which the status route reads. With tracing on, it carries the trace context
+too (W3C ``traceparent`` in the message's labels), so the job's span continues the request's
+trace (observability/tracing.py, ``job_span``).
 """
 
 import asyncio
 from typing import Any
 
+from opentelemetry import trace
 from taskiq import AsyncBroker
 from taskiq.kicker import AsyncKicker
 
@@ -29,5 +32,12 @@ async def stop_broker(broker: AsyncBroker, grace_seconds: float) -> None:
 
 async def enqueue(broker: AsyncBroker, task_name: str, job_id: int) -> None:
     """Queue the job ``job_id`` for the task ``task_name`` (registered where jobs run)."""
-    kicker: AsyncKicker[[int], None] = AsyncKicker(task_name=task_name, broker=broker, labels={})
+    labels: dict[str, Any] = {}
+    if trace.get_current_span().is_recording():  # tracing is on, in a traced request or job
+        from opentelemetry.propagate import inject
+
+        inject(labels)
+    kicker: AsyncKicker[[int], None] = AsyncKicker(
+        task_name=task_name, broker=broker, labels=labels
+    )
     await kicker.kiq(job_id)

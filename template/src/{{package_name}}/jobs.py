@@ -28,6 +28,7 @@ from .items_import import ImportReader
 from .job_queue import enqueue
 from .observability.logs import job_logging
 from .observability.metrics import observe_job_run
+from .observability.tracing import job_span
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +173,10 @@ async def _import_batches(
 
 
 async def _import_task(job_id: int, context: Annotated[Context, TaskiqDepends()]) -> None:
-    # The worker's stop event (worker.py); none in the web process.
-    await run_import(context.state.resources, job_id, getattr(context.state, "stopping", None))
+    resources: Resources = context.state.resources
+    with job_span(resources.settings, IMPORT_ITEMS, job_id, context.message.labels):
+        # The worker's stop event (worker.py); none in the web process.
+        await run_import(resources, job_id, getattr(context.state, "stopping", None))
 
 
 async def queue_unfinished(resources: Resources) -> int:
