@@ -16,6 +16,8 @@ from typing import IO
 import httpx
 
 HOST = "127.0.0.1"
+# What uvicorn logs when its port was taken meanwhile.
+ADDRESS_IN_USE = "address already in use"
 
 
 def free_port() -> int:
@@ -31,6 +33,8 @@ class Server:
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    env: dict[str, str]
+    pin: list[str]
 
     def url(self, path: str) -> str:
         return f"http://{HOST}:{self.port}{path}"
@@ -60,60 +64,86 @@ def core_pins() -> tuple[list[str], list[str], str]:
 
 
 def start(name: str, factory: str, env: dict[str, str], log_dir: Path, pin: list[str]) -> Server:
-    """Serve the app that ``factory`` ("module:function") makes on a port bound here, before the
-    server starts, and handed to it (``--fd``): no other process can take the port meanwhile."""
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    """Serve the app that ``factory`` ("module:function") makes, on a free port."""
     log_path = log_dir / f"server-{name}.log"
+    port, process = _serve(factory, env, log_path, pin)
+    return Server(name, factory, port, process, log_path, env, pin)
+
+
+def _serve(
+    factory: str, env: dict[str, str], log_path: Path, pin: list[str]
+) -> tuple[int, subprocess.Popen[bytes]]:
+    # uvicorn binds the port itself: a socket handed over with --fd would be taken for a Unix
+    # socket (uvicorn's fromfd), and its connections would lose TCP_NODELAY (40 ms answers).
+    port = free_port()
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    command = [
+        *pin,
+        sys.executable,
+        "-m",
+        "uvicorn",
+        factory,
+        "--factory",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--loop",
+        loop,
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     log: IO[bytes]
-    with socket.socket() as listener, log_path.open("wb") as log:
-        listener.bind((HOST, 0))
-        listener.listen(2048)  # connections wait here until uvicorn accepts them
-        command = [
-            *pin,
-            sys.executable,
-            "-m",
-            "uvicorn",
-            factory,
-            "--factory",
-            "--fd",
-            str(listener.fileno()),
-            "--loop",
-            loop,
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
+    with log_path.open("ab") as log:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and app
             command,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            pass_fds=(listener.fileno(),),
             start_new_session=True,  # its own process group: stopped as a whole
         )
-        port = int(listener.getsockname()[1])
-    return Server(name=name, factory=factory, port=port, process=process, log_path=log_path)
+    return port, process
 
 
 def wait_ready(servers: list[Server], timeout: float = 90.0) -> None:
+    """Until each server answers on its port from its own process. The port was free when it
+    was chosen; another process may take it before uvicorn binds it: that answer is not
+    taken for the server's, and the server starts again on another port."""
     deadline = time.monotonic() + timeout
     with httpx.Client(trust_env=False, timeout=2) as client:
         for server in servers:
             while True:
                 if server.process.poll() is not None:
+                    if ADDRESS_IN_USE in server.log_tail() and time.monotonic() < deadline:
+                        server.port, server.process = _serve(
+                            server.factory, server.env, server.log_path, server.pin
+                        )
+                        continue
                     raise RuntimeError(
                         f"bench server {server.name} exited {server.process.returncode}:\n"
                         f"{server.log_tail()}"
                     )
                 with contextlib.suppress(httpx.TransportError):
-                    if client.get(server.url("/health/live")).status_code == 200:
+                    answered = client.get(server.url("/health/live")).status_code == 200
+                    if answered and _listens(server):
                         break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"bench server {server.name} did not answer in {timeout} s")
                 time.sleep(0.2)
+
+
+def _listens(server: Server) -> bool:
+    """Whether the server's own process listens on its port (not another that took it)."""
+    import psutil
+
+    return any(
+        connection.status == psutil.CONN_LISTEN and connection.laddr.port == server.port
+        for connection in psutil.Process(server.process.pid).net_connections(kind="tcp")
+    )
 
 
 def stop(server: Server) -> None:
