@@ -142,31 +142,36 @@ async def commit_batch(
     rows: Sequence[dict[str, Any]],
     errors: Sequence[JobError],
 ) -> bool:
-    """Insert ``rows`` (input lines ``start`` to ``end``) and move the job's mark from ``start``
-    to ``end``, in one transaction. False, with nothing written, when the mark is not at
+    """Move the job's mark from ``start`` to ``end`` and insert ``rows`` (input lines ``start``
+    to ``end``), in one transaction. False, with nothing written, when the mark is not at
     ``start`` any more (another run of the job got there first) or the job is gone."""
     async with engine.begin() as conn:
-        found = (
+        # The mark moves first, only from ``start``: this UPDATE takes the job's row (SQLite:
+        # the database's write lock) until the transaction ends, so a second run of the job
+        # waits here and then finds the mark moved. (A SELECT ... FOR UPDATE would not do on
+        # SQLite: it locks nothing, and two runs inserted the same rows.)
+        moved = (
             await conn.execute(
-                select(Job.position, Job.errors).where(Job.id == run.job_id).with_for_update()
+                update(Job)
+                .where(Job.id == run.job_id, Job.position == start)
+                .values(
+                    position=end,
+                    processed=Job.processed + len(rows),
+                    failed_rows=Job.failed_rows + len(errors),
+                )
+                .returning(Job.errors)
             )
         ).first()
-        if found is None or found.position != start:
+        if moved is None:
             return False
         if rows:
             await _insert_items(conn, run.project_id, rows)
-        kept = json.loads(found.errors)
-        kept += [error.model_dump() for error in errors[: MAX_ERRORS - len(kept)]]
-        await conn.execute(
-            update(Job)
-            .where(Job.id == run.job_id)
-            .values(
-                position=end,
-                processed=Job.processed + len(rows),
-                failed_rows=Job.failed_rows + len(errors),
-                errors=json.dumps(kept),
+        kept = json.loads(moved.errors)
+        if errors and len(kept) < MAX_ERRORS:
+            kept += [error.model_dump() for error in errors[: MAX_ERRORS - len(kept)]]
+            await conn.execute(
+                update(Job).where(Job.id == run.job_id).values(errors=json.dumps(kept))
             )
-        )
     return True
 
 
