@@ -130,11 +130,7 @@ async def _copy_out(
     chunks: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE_CHUNKS)
     pending = bytearray()  # the driver's pieces (8 kB on average), until a chunk is full
 
-    abandoned = False  # the stream ended early: nobody reads the queue any more
-
     async def relay(data: bytes) -> None:
-        if abandoned:
-            return
         pending.extend(data)  # a copy: the driver hands over its own buffer
         if len(pending) >= _CHUNK_BYTES:
             await chunks.put(bytes(pending))
@@ -144,8 +140,7 @@ async def _copy_out(
         try:
             await raw.copy_from_query(statement, output=relay, **options)
         except Exception:
-            if not abandoned:
-                await chunks.put(None)  # wake the reader, which re-raises this from the task
+            await chunks.put(None)  # wake the reader, which re-raises this from the task
             raise
         if pending:
             await chunks.put(bytes(pending))
@@ -175,18 +170,9 @@ async def _copy_out(
         # unshielded cleanup: the connection, half invalidated, stayed checked out.
         with anyio.CancelScope(shield=True):
             if not task.done():
-                # The client went away, or the server is stopping. The connection is dropped
-                # (it would be invalidated below anyway), which ends the COPY on the server,
-                # and the relay, perhaps waiting on the full queue, is let go. Not a
-                # cancellation inside the relay: asyncpg then reads on with no waiter for
-                # what arrives and logs "Fatal error on transport" (AttributeError in its
-                # _dispatch_result; a CI run's graceful shutdown test failed on it).
-                abandoned = True
-                raw.terminate()
-                while not chunks.empty():
-                    chunks.get_nowait()
+                # The client went away: cancelling makes asyncpg cancel the COPY on the server.
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
             if finished:
                 await raw.execute("RESET statement_timeout")
