@@ -32,6 +32,10 @@ def bench(
     ] = "auto",
     check: Annotated[bool, typer.Option(help="Exit 1 when a target is missed")] = False,
     note: Annotated[str, typer.Option(help="A line about the machine for the report")] = "",
+    figures: Annotated[
+        list[int] | None,
+        typer.Option("--figure", min=1, help="Only this figure (repeat for more) [all]"),
+    ] = None,
 ) -> None:
     """Measure each performance pattern against its naive twin, side by side in one run.
 
@@ -52,7 +56,12 @@ def bench(
         raise typer.BadParameter("--load-generator must be auto, wrk or python")
     if generator == "wrk" and shutil.which("wrk") is None:
         raise typer.BadParameter("wrk is not on PATH (Debian: apt-get install wrk)")
+    from .runner import FIGURES
     from .session import run_bench
+
+    unknown = sorted(set(figures or ()) - {number for number, _, _ in FIGURES})
+    if unknown:
+        raise typer.BadParameter(f"no figure {unknown[0]}: they are 1 to {len(FIGURES)}")
 
     code = run_bench(
         quick=quick,
@@ -66,6 +75,7 @@ def bench(
         generator=generator,
         check=check,
         note=note,
+        only=set(figures or ()),
     )
     raise typer.Exit(code)
 

@@ -5,7 +5,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from bench_service.pagination import CursorCodec
 from bench_service.schemas import ITEM_EXPORT_FIELDS
@@ -606,10 +606,13 @@ FIGURES: list[tuple[int, str, Callable[[Bench], list[Figure]]]] = [
 ]
 
 
-def run_figures(bench: Bench) -> list[Figure]:
-    """Every figure; one that fails is reported as such and the others still run."""
+def run_figures(bench: Bench, only: Collection[int] = ()) -> list[Figure]:
+    """Every figure (or those numbered in ``only``); one that fails is reported as such and the
+    others still run."""
     figures: list[Figure] = []
     for number, title, measure in FIGURES:
+        if only and number not in only:
+            continue
         bench.log(f"{number}. {title}")
         try:
             figures += measure(bench)

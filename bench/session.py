@@ -6,6 +6,7 @@ import os
 import platform
 import secrets
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,7 @@ def run_bench(
     generator: str,
     check: bool,
     note: str,
+    only: Collection[int] = (),
 ) -> int:
     """The whole run; returns the exit code (1 when a figure has no value, or with ``check``
     when a target is missed)."""
@@ -213,7 +215,7 @@ def run_bench(
             log_dir=output,
             server_pin=server_pin,
         )
-        figures = run_figures(runner)
+        figures = run_figures(runner, only)
         runner.http.close()
     finally:
         for server in running.values():
