@@ -25,6 +25,9 @@ from .report import Figure
 MB = 1024 * 1024
 EXPORT_QUERY = f"SELECT {', '.join(ITEM_EXPORT_FIELDS)} FROM items ORDER BY id"
 COPY_QUERY = f"COPY (SELECT row_to_json(t) FROM ({EXPORT_QUERY}) AS t) TO STDOUT"
+# A cached hit, answered before routing with every middleware, against a bare FastAPI route
+# answering the same bytes with none (issue 28).
+HIT_TARGET = 1.5
 
 
 def _rps(a: LoadResult, b: LoadResult) -> str:
@@ -48,9 +51,9 @@ def ceiling(bench: Bench) -> list[Figure]:
     _set_ceiling(bench, CEILING_PAGE_PATH, bench.get("cached", page_path).content)
     loads = [
         Load("1: cached project, full stack", "full", path),
-        Load("1: ceiling, same bytes from memory, no middleware", "bare", CEILING_PATH),
+        Load("1: bare FastAPI route, same bytes, no middleware", "bare", CEILING_PATH),
         Load(f"1: cached page of {size}, full stack", "cached", page_path),
-        Load("1: ceiling, same page bytes, no middleware", "bare", CEILING_PAGE_PATH),
+        Load("1: bare FastAPI route, same page bytes, no middleware", "bare", CEILING_PAGE_PATH),
     ]
     memory = "memory" in bench.servers  # the memory backend beside Redis's, in the same rounds
     if memory:
@@ -64,34 +67,34 @@ def ceiling(bench: Bench) -> list[Figure]:
     figures = [
         Figure(
             1,
-            "cached GET /projects/{id} vs ceiling (req/s)",
+            "cached GET /projects/{id} vs bare route (req/s)",
             cached.rps / top.rps,
             target_op=">=",
-            target=0.75,
+            target=HIT_TARGET,
             detail=_rps(cached, top),
         ),
         Figure(
             1,
-            f"cached page of {size} vs ceiling (req/s)",
+            f"cached page of {size} vs bare route (req/s)",
             cached_page.rps / top_page.rps,
             target_op=">=",
-            target=0.65,
+            target=HIT_TARGET,
             detail=_rps(cached_page, top_page),
         ),
     ]
     if memory:
         memory_detail, memory_page = memory_hits
-        for label, hit, redis_hit, ceiling_hit, target in (
-            ("GET /projects/{id}", memory_detail, cached, top, 0.75),
-            (f"page of {size}", memory_page, cached_page, top_page, 0.65),
+        for label, hit, redis_hit, ceiling_hit in (
+            ("GET /projects/{id}", memory_detail, cached, top),
+            (f"page of {size}", memory_page, cached_page, top_page),
         ):
             figures.append(
                 Figure(
                     1,
-                    f"memory backend: cached {label} vs ceiling (req/s)",
+                    f"memory backend: cached {label} vs bare route (req/s)",
                     hit.rps / ceiling_hit.rps,
                     target_op=">=",
-                    target=target,
+                    target=HIT_TARGET,
                     detail=f"{_rps(hit, ceiling_hit)}; {hit.rps / redis_hit.rps:.2f}x of Redis's",
                 )
             )
@@ -589,7 +592,7 @@ def signed_in(bench: Bench) -> list[Figure]:
 
 
 FIGURES: list[tuple[int, str, Callable[[Bench], list[Figure]]]] = [
-    (1, "cached project and page vs ceiling, freshness across servers", ceiling),
+    (1, "cached project and page vs bare route, freshness across servers", ceiling),
     (2, "eager vs N+1 page", n_plus_one),
     (3, "keyset vs offset, deep vs first page", pagination),
     (4, "NDJSON export", export),

@@ -17,6 +17,7 @@ from taskiq import AsyncBroker
 from .cache import Cache
 from .db import queries
 from .ratelimit import RateLimits
+from .response_cache import ResponseCache
 from .settings import Settings
 
 
@@ -30,6 +31,8 @@ class Resources:
     cache: Cache
     http: httpx.AsyncClient
     rate_limits: RateLimits
+    # Answers served before routing (response_cache.py).
+    responses: ResponseCache
     # The job queue (job_queue.py); its tasks are registered by main.py (jobs.py).
     broker: AsyncBroker
 

@@ -34,12 +34,35 @@ def etag_of(body: bytes, viewer: int | None = None) -> str:
     return f'W/"{digest.hexdigest()[:32]}"'
 
 
-def _matches(if_none_match: str, etag: str) -> bool:
+def not_modified(if_none_match: str | None, etag: str) -> bool:
+    """Does the client's ``If-None-Match`` name ``etag`` (weakly compared, or ``*``)?"""
+    if not if_none_match:
+        return False
     opaque = etag.removeprefix("W/")
     return any(
         candidate == "*" or candidate.removeprefix("W/") == opaque
         for candidate in (part.strip() for part in if_none_match.split(","))
     )
+
+
+def etag_headers(body: bytes, *, private: bool, viewer: int | None) -> dict[str, str]:
+    return {
+        "ETag": etag_of(body, viewer),
+        "Cache-Control": "private, no-cache" if private else "no-cache",
+        "Vary": VARY,
+    }
+
+
+def json_answer(body: bytes, headers: dict[str, str], *, not_modified: bool) -> Response:
+    """The one way an ETagged JSON answer is made: here, and by the response cache."""
+    if not_modified:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def _answer(request: Request, body: bytes, headers: dict[str, str]) -> Response:
+    if_none_match = request.headers.get("if-none-match")
+    return json_answer(body, headers, not_modified=not_modified(if_none_match, headers["ETag"]))
 
 
 def json_with_etag(
@@ -48,16 +71,12 @@ def json_with_etag(
     """The JSON ``body`` with an ETag, or an empty 304 when the client already has it. A
     signed-in ``viewer``'s answer, or any request with credentials, is ``private``."""
     private = private or viewer is not None or is_private(request)
-    etag = etag_of(body, viewer)
-    headers = {
-        "ETag": etag,
-        "Cache-Control": "private, no-cache" if private else "no-cache",
-        "Vary": VARY,
-    }
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match and _matches(if_none_match, etag):
-        return Response(status_code=304, headers=headers)
-    return Response(body, media_type="application/json", headers=headers)
+    return _answer(request, body, etag_headers(body, private=private, viewer=viewer))
+
+
+# Where ``cached_json`` leaves the body it answered with its headers, in the request's scope: the
+# response cache (response_cache.py) keeps an answer only when the route left one.
+CACHED_ANSWER = "cached_answer"
 
 
 async def cached_json(
@@ -70,7 +89,16 @@ async def cached_json(
 ) -> Response:
     """Serve ``key`` from the cache (one ``load`` for concurrent misses), with an ETag.
     ``viewer`` is the signed-in caller (security.caller_of): ``key`` must then be a key the
-    body is right for, shared (public data) or the viewer's own."""
+    body is right for, shared (public data) or the viewer's own.
+
+    Calling it is how a GET route declares that the response cache in front of the router
+    (response_cache.py) may keep its answers, per caller: the body is the cached value, and a
+    write that invalidates the key drops every copy. So the route's own checks run on a miss
+    only: what a caller may see must follow from who they are and the cached data (as here), or
+    the route answers with ``json_with_etag``."""
     if viewer is None and is_private(request):
         return json_with_etag(request, await load(), private=True)
-    return json_with_etag(request, await cache.get_or_set(key, load), viewer=viewer)
+    body = await cache.get_or_set(key, load)
+    headers = etag_headers(body, private=viewer is not None, viewer=viewer)
+    request.scope[CACHED_ANSWER] = (body, headers)
+    return _answer(request, body, headers)

@@ -25,6 +25,7 @@ from .job_queue import stop_broker
 from .observability.request_log import InFlight
 from .observability.resources import observe_resources
 from .ratelimit_store import create_rate_limits
+from .response_cache import ResponseCache
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
         cache=cache,
         http=http,
         rate_limits=rate_limits,
+        responses=ResponseCache(settings),
         broker=broker,
     )
     broker.state.resources = resources  # what the jobs run with (jobs.py)

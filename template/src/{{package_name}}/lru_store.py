@@ -1,22 +1,26 @@
-"""Bytes by key in one process, bounded: the memory backend's whole cache (cache.py) and the Redis
-backend's local tier (cache_redis.py). Its own module so that both import it and neither imports
-the other back."""
+"""Values by key in one process, bounded: the memory backend's whole cache (cache.py), the Redis
+backend's local tier (cache_redis.py) and the response cache (response_cache.py). Its own module
+so that all of them import it and none imports another back."""
 
 import time
 from collections import OrderedDict
+from collections.abc import Sized
+from typing import Generic, TypeVar
+
+V = TypeVar("V", bound=Sized)
 
 
-class LruStore:
-    """Bytes by key in one process, least recently used out first, bounded by entries and
-    bytes (keys and values), with a TTL per entry."""
+class LruStore(Generic[V]):
+    """Values by key in one process, least recently used out first, bounded by entries and
+    bytes (keys and values: a value's ``len`` is its size), with a TTL per entry."""
 
     def __init__(self, *, max_entries: int, max_bytes: int) -> None:
-        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.bytes = 0
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str) -> V | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -26,7 +30,7 @@ class LruStore:
         self._entries.move_to_end(key)
         return entry[1]
 
-    def set(self, key: str, value: bytes, ttl_seconds: float) -> None:
+    def set(self, key: str, value: V, ttl_seconds: float) -> None:
         self.pop(key)
         size = len(key) + len(value)
         if size > self.max_bytes:

@@ -33,6 +33,10 @@ LOGGED_PATH_CHARS = 200
 # FastAPI's own pages, plain Starlette routes that leave no route in the scope.
 DOCS_URL_ATTRIBUTES = ("openapi_url", "docs_url", "redoc_url", "swagger_ui_oauth2_redirect_url")
 
+# The scope entry where the response cache leaves the route template of an answer it served
+# without routing.
+ROUTE_TEMPLATE = "route_template"
+
 # Called once per request with method, route template, status and seconds (the metrics).
 RequestObserver = Callable[[str, str, int, float], None]
 
@@ -45,6 +49,9 @@ def route_template(scope: Scope) -> str:
     APIRouter declared it, without the ``include_router`` prefix; the full template is in the
     route context FastAPI keeps in the scope (what its own telemetry reports as ``http.route``).
     """
+    kept = scope.get(ROUTE_TEMPLATE)  # an answer of the response cache (response_cache.py)
+    if kept is not None:
+        return str(kept)
     context = scope.get("fastapi", {}).get("effective_route_context")
     for candidate in (
         getattr(getattr(context, "starlette_route", None), "path_format", None),
