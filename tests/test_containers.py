@@ -315,10 +315,17 @@ def test_image_migrates_serves_and_stops_gracefully(
         migrate_url = f"file:/app/var/{package}.db"  # Prisma's form of the same file
     if combo.cache_backend == "redis":
         prefix = f"containers-{token}:"
-        env.update(REDIS_URL="redis://127.0.0.1:6379/0", CACHE_KEY_PREFIX=prefix)
+        # Rate limit counters of its own too: the default prefix is shared with every service on
+        # this Redis, whose sign-ins from 127.0.0.1 would count against this test's.
+        env.update(
+            REDIS_URL="redis://127.0.0.1:6379/0",
+            CACHE_KEY_PREFIX=prefix,
+            RATE_LIMIT_KEY_PREFIX=f"containers-{token}-limits",
+        )
 
         def forget_keys() -> None:
-            keys = run(["redis-cli", "--scan", "--pattern", f"{prefix}*"], Path("/")).stdout.split()
+            pattern = f"containers-{token}*"  # the cache's keys and the counters'
+            keys = run(["redis-cli", "--scan", "--pattern", pattern], Path("/")).stdout.split()
             if keys:
                 run(["redis-cli", "DEL", *keys], Path("/"))
 

@@ -178,7 +178,8 @@ def test_schemathesis_finds_no_failure(
     if combo.cache_backend == "redis":
         redis_url = project_env(combo).get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
         request.addfinalizer(
-            lambda: run([python, "-c", ADMIN, "redis", redis_url, prefix], tmp_path)
+            # The cache's keys and the rate limits' (``st-<id>-limits...``) alike.
+            lambda: run([python, "-c", ADMIN, "redis", redis_url, prefix.rstrip(":")], tmp_path)
         )
     with upstream() as rates:
         env = {
@@ -197,7 +198,9 @@ def test_schemathesis_finds_no_failure(
             HTTP_UPSTREAM_URL=f"http://127.0.0.1:{rates.server_address[1]}",
         )
         if combo.cache_backend == "redis":
-            env["REDIS_URL"] = redis_url
+            # Counters of its own: the default prefix is shared with every other service on this
+            # Redis, whose sign-ins from 127.0.0.1 would count against this run's.
+            env.update(REDIS_URL=redis_url, RATE_LIMIT_KEY_PREFIX=f"st-{run_id}-limits")
         run_ok(["uv", "run", project.slug, "db", "upgrade"], project.project_dir, env)
         seed = ["seed", "--users", "5", "--projects", "20", "--items", "50"]
         run_ok(["uv", "run", project.slug, *seed], project.project_dir, env)

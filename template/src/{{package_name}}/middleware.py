@@ -1,6 +1,6 @@
 """Pure ASGI middleware guarding requests and shaping errors (no BaseHTTPMiddleware, so
 streaming and back-pressure are untouched): the body limit and JSON error bodies. Timing, the
-access log and metrics are in observability/."""
+access log and metrics are in observability/; they add their headers with ``append_headers``."""
 
 import json
 import re
@@ -11,6 +11,13 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+def append_headers(message: Message, *headers: tuple[bytes, bytes]) -> None:
+    """Add ``headers`` (lowercase names, latin-1 values) to a response start ``message``: for the
+    headers only a middleware sets. Every request pays it several times, so it builds one new
+    list, where ``MutableHeaders(scope=message)`` copies the list and scans it per header."""
+    message["headers"] = [*message.get("headers", ()), *headers]
 
 
 class BodyTooLarge(HTTPException):

@@ -33,10 +33,10 @@ from limits import RateLimitItem, RateLimitItemPerSecond, parse
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from limits.errors import StorageError
-from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .middleware import append_headers
 from .security import verified_user_id
 from .settings import RateLimitSettings, Settings
 
@@ -283,10 +283,12 @@ class RateLimitMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["RateLimit-Limit"] = str(limit.amount)
-                headers["RateLimit-Remaining"] = str(remaining)
-                headers["RateLimit-Reset"] = str(reset)
+                append_headers(
+                    message,
+                    (b"ratelimit-limit", b"%d" % limit.amount),
+                    (b"ratelimit-remaining", b"%d" % remaining),
+                    (b"ratelimit-reset", b"%d" % reset),
+                )
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -126,6 +126,14 @@ def log_format(settings: AppSettings) -> str:
 
 
 def configure_logging(settings: AppSettings) -> None:
+    """Also turns off what the formatters never print and every record would pay for (Python's
+    logging docs, "Optimization"): the caller's file and line (a walk up the stack), and the
+    thread, process and multiprocessing names. Set them back after this if a handler of yours
+    prints them."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = _ServiceHandler()
     handler.addFilter(RequestIdFilter())
     if log_format(settings) == "json":

@@ -72,11 +72,21 @@ def record_cache_lookup(hit: bool) -> None:
     (_CACHE_HIT if hit else _CACHE_MISS).inc()
 
 
+# The two series of each label set seen, so that a request looks them up once (``labels()``
+# checks and joins its arguments on every call). Bounded like the labels themselves.
+_REQUEST_SERIES: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
     """The access log middleware's observer: count and time one finished request."""
     labels = (method if method in _METHODS else "other", route, str(status))
-    REQUESTS.labels(*labels).inc()
-    REQUEST_SECONDS.labels(*labels).observe(seconds)
+    series = _REQUEST_SERIES.get(labels)
+    if series is None:
+        series = (REQUESTS.labels(*labels), REQUEST_SECONDS.labels(*labels))
+        _REQUEST_SERIES[labels] = series
+    count, duration = series
+    count.inc()
+    duration.observe(seconds)
 
 
 def observe_pool(engine: AsyncEngine, pool_size: int) -> None:

@@ -13,14 +13,14 @@ import uuid
 from collections.abc import Callable
 from urllib.parse import quote
 
-from starlette.datastructures import MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import internal_error, shutting_down
+from ..middleware import append_headers
 from .logs import current_request_id
 
-REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_HEADER = b"x-request-id"
 # Letters, digits and ._- only: the id goes into log lines and headers, never anything else.
 VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
@@ -158,7 +158,7 @@ class AccessLogMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 started = True
-                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+                append_headers(message, (REQUEST_ID_HEADER, request_id.encode()))
             elif message["type"] == "http.response.body":
                 body_bytes += len(message.get("body", b""))
             await send(message)

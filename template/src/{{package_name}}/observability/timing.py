@@ -11,8 +11,9 @@ import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..middleware import append_headers
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,14 @@ class TimingMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 elapsed = time.perf_counter() - start
-                headers = MutableHeaders(scope=message)
-                headers.append("X-Process-Time", f"{elapsed:.6f}")
                 db_ms, queries = timings.db_seconds * 1000, timings.db_statements
-                headers.append(
-                    "Server-Timing",
-                    f'app;dur={elapsed * 1000:.1f}, db;dur={db_ms:.1f};desc="queries={queries}"',
+                server_timing = (
+                    f'app;dur={elapsed * 1000:.1f}, db;dur={db_ms:.1f};desc="queries={queries}"'
+                )
+                append_headers(
+                    message,
+                    (b"x-process-time", b"%.6f" % elapsed),
+                    (b"server-timing", server_timing.encode()),
                 )
             await send(message)
 
