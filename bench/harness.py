@@ -1,6 +1,7 @@
 """The bench's harness: its configuration, the servers and client of one run (``Bench``), and
 what a load is; the figures (runner.py, pooler.py, redis_restart.py) are built on it."""
 
+import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -10,8 +11,9 @@ from typing import Any
 import httpx
 from bench_service.security import create_access_token
 from bench_service.settings import AppSettings, Settings
-from bench_service_bench.driver import LoadGenerator, LoadResult
-from bench_service_bench.servers import Server
+from bench_service_bench.driver import LoadGenerator
+from bench_service_bench.load import LoadResult, Response, Spec, read_response
+from bench_service_bench.servers import HOST, Server
 from pydantic import SecretStr
 
 from .data import BenchDatabase
@@ -77,23 +79,18 @@ class Bench:
         for round_number in range(self.config.rounds):
             for load in loads:
                 server = self.servers[load.server]
-                connections = load.connections or self.config.connections
-                if round_number == 0 and self.config.warmup > 0:
-                    self.load.timed(
-                        server.port,
-                        load.path,
-                        connections=connections,
-                        duration=self.config.warmup,
-                        headers=load.headers,
-                    )
-                cpu_before = server.cpu_seconds()
-                result = self.load.timed(
+                spec = Spec(
+                    HOST,
                     server.port,
                     load.path,
-                    connections=connections,
+                    connections=load.connections or self.config.connections,
                     duration=self.config.duration,
                     headers=load.headers,
                 )
+                if round_number == 0 and self.config.warmup > 0:
+                    self.load.timed(replace(spec, duration=self.config.warmup))
+                cpu_before = server.cpu_seconds()
+                result = self.load.timed(spec)
                 # CPU per request barely moves when other work shares the core; req/s does.
                 cpu = server.cpu_seconds() - cpu_before
                 result = replace(result, server_cpu_us=cpu / max(1, result.requests) * 1e6)
@@ -138,3 +135,27 @@ def statements_of(response: httpx.Response) -> int:
     if match is None:
         raise RuntimeError("no queries= in the Server-Timing header")
     return int(match.group(1))
+
+
+async def burst(port: int, path: str, clients: int) -> dict[str, list[int]]:
+    """Open ``clients`` connections first, then send one GET on each at once, as a stampede
+    arrives: every response's status and its statement count (``Server-Timing``; -1: none)."""
+    connections = await asyncio.gather(
+        *(asyncio.open_connection(HOST, port) for _ in range(clients))
+    )
+    request = Spec(HOST, port, path).request()
+
+    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Response:
+        writer.write(request)
+        return await read_response(reader)
+
+    try:
+        responses = await asyncio.gather(*(one(reader, writer) for reader, writer in connections))
+    finally:
+        for _, writer in connections:
+            writer.close()
+    queries = []
+    for response in responses:
+        match = QUERIES.search(response.headers.get(b"server-timing", b"").decode())
+        queries.append(int(match.group(1)) if match else -1)
+    return {"statuses": [response.status for response in responses], "queries": queries}

@@ -1,5 +1,6 @@
 """The figures: each pattern measured beside its naive twin, in one run, on the same servers."""
 
+import asyncio
 import shutil
 import sqlite3
 import subprocess
@@ -10,13 +11,11 @@ from collections.abc import Callable, Collection
 from bench_service.pagination import CursorCodec
 from bench_service.schemas import ITEM_EXPORT_FIELDS
 from bench_service.settings import Settings
-from bench_service_bench.driver import LoadResult, run_python
-from bench_service_bench.load import Spec
-from bench_service_bench.servers import HOST
+from bench_service_bench.load import LoadResult
 from sqlalchemy.engine import make_url
 
 from .apps import CEILING_PAGE_PATH, CEILING_PATH, FIFTY_PATH
-from .harness import Bench, Load, statements_of
+from .harness import Bench, Load, burst, statements_of
 from .jobs import jobs
 from .pooler import pooler
 from .redis_restart import redis_restart
@@ -419,16 +418,8 @@ def middleware(bench: Bench) -> list[Figure]:
 def stampede(bench: Bench) -> list[Figure]:
     clients = bench.config.stampede_clients
     project_id = bench.config.projects // 2 + 1  # never requested before: a cold key
-    result = run_python(
-        bench.client_pin,
-        Spec(
-            host=HOST,
-            port=bench.servers["full"].port,
-            path=f"/api/v1/projects/{project_id}",
-            mode="burst",
-            connections=clients,
-        ),
-    )
+    path = f"/api/v1/projects/{project_id}"
+    result = asyncio.run(burst(bench.servers["full"].port, path, clients))
     bench.raw["stampede"] = result
     failed = sum(status != 200 for status in result["statuses"])
     if failed or min(result["queries"]) < 0:

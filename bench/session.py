@@ -184,7 +184,7 @@ def run_bench(
     secret = secrets.token_urlsafe(32)
     output.mkdir(parents=True, exist_ok=True)
     server_pin, client_pin, pinning = _pins()
-    load = load_generator(generator, bench_servers.HOST, client_pin)
+    load = load_generator(generator, client_pin)
     _echo(f"bench {run_id}: load from {load.describe()}; {pinning}")
 
     database = asyncio.run(create_database(settings.database.url, run_id, output.resolve()))

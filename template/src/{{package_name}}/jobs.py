@@ -23,6 +23,7 @@ from .cache_keys import invalidate_project
 from .db import jobs as job_rows
 from .db.engine import DatabaseUnavailable, SchemaBehind
 from .db.jobs import ImportRun
+from .db.queries import Db, open_db
 from .deps import Resources
 from .items_import import Batch, ImportReader
 from .job_queue import enqueue
@@ -48,7 +49,8 @@ async def run_import(
     ended."""
     started = time.perf_counter()
     with job_logging(job_id):
-        ended = await _run_import(resources, job_id, stopping)
+        async with open_db(resources.engine) as db:
+            ended = await _run_import(resources, db, job_id, stopping)
     observe_job_run(IMPORT_ITEMS, ended, time.perf_counter() - started)
 
 
@@ -62,11 +64,12 @@ class Ended(enum.StrEnum):
     SKIPPED = "skipped"  # nothing to run: finished already, or another run has it
 
 
-async def _run_import(resources: Resources, job_id: int, stopping: asyncio.Event | None) -> Ended:
-    engine = resources.engine
+async def _run_import(
+    resources: Resources, db: Db, job_id: int, stopping: asyncio.Event | None
+) -> Ended:
     settings = resources.settings.jobs
     try:
-        run = await job_rows.start_import(engine, job_id)
+        run = await job_rows.start_import(db, job_id)
     except TRANSIENT_ERRORS as exc:
         # Not even started (nor counted): try again once the database may be back.
         logger.warning("import job %d not started: %s; again in %.0f s", job_id, exc, MAX_BACKOFF)
@@ -77,7 +80,7 @@ async def _run_import(resources: Resources, job_id: int, stopping: asyncio.Event
         return Ended.SKIPPED
     logger.info("import job %d: attempt %d, from line %d", job_id, run.attempts, run.position)
     try:
-        outcome = await _import_batches(resources, run, stopping)
+        outcome = await _import_batches(resources, db, run, stopping)
     except TRANSIENT_ERRORS as exc:
         if run.attempts < settings.max_attempts:
             pause = min(settings.retry_backoff_seconds * 2 ** (run.attempts - 1), MAX_BACKOFF)
@@ -85,25 +88,25 @@ async def _run_import(resources: Resources, job_id: int, stopping: asyncio.Event
                 "import job %d: %s on attempt %d, again in %.1f s", job_id, exc, run.attempts, pause
             )
             await asyncio.sleep(pause)
-            await _queue_again(resources, job_id)
+            await _queue_again(resources, db, job_id)
             return Ended.RETRIED
         logger.error("import job %d failed on its last attempt: %s", job_id, exc)
-        await _project_changed(resources, run)
-        await job_rows.fail(engine, job_id, f"{_describe(exc)} (attempt {run.attempts}, the last)")
+        await _project_changed(resources, db, run)
+        await job_rows.fail(db, job_id, f"{_describe(exc)} (attempt {run.attempts}, the last)")
         ended = Ended.FAILED
     except Exception as exc:
         logger.exception("import job %d failed", job_id)
-        await _project_changed(resources, run)
-        await job_rows.fail(engine, job_id, _describe(exc))
+        await _project_changed(resources, db, run)
+        await job_rows.fail(db, job_id, _describe(exc))
         ended = Ended.FAILED
     else:
         if outcome is _Outcome.STOPPED:
-            await _queue_again(resources, job_id)
+            await _queue_again(resources, db, job_id)
             return Ended.STOPPED
         if outcome is _Outcome.OVERTAKEN:
             return Ended.SKIPPED
-        await _project_changed(resources, run)
-        if not await job_rows.succeed(engine, job_id):
+        await _project_changed(resources, db, run)
+        if not await job_rows.succeed(db, job_id):
             return Ended.SKIPPED
         logger.info("import job %d succeeded", job_id)
         ended = Ended.SUCCEEDED
@@ -115,18 +118,18 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def _queue_again(resources: Resources, job_id: int) -> None:
+async def _queue_again(resources: Resources, db: Db, job_id: int) -> None:
     # Its status says queued again if the database answers; a run starts a running job too.
     with contextlib.suppress(*TRANSIENT_ERRORS):
-        await job_rows.requeue(resources.engine, job_id)
+        await job_rows.requeue(db, job_id)
     await enqueue(resources.broker, IMPORT_ITEMS, job_id)
     logger.info("import job %d queued again", job_id)
 
 
-async def _project_changed(resources: Resources, run: ImportRun) -> None:
+async def _project_changed(resources: Resources, db: Db, run: ImportRun) -> None:
     """The project's item count and its cached reads show the committed batches, before the
     job says it ended: whoever sees it ended sees its rows counted."""
-    await job_rows.recount_items(resources.engine, run.project_id)
+    await job_rows.recount_items(db, run.project_id)
     await invalidate_project(resources.cache, run.project_id)
 
 
@@ -137,7 +140,7 @@ class _Outcome(enum.Enum):
 
 
 async def _import_batches(
-    resources: Resources, run: ImportRun, stopping: asyncio.Event | None
+    resources: Resources, db: Db, run: ImportRun, stopping: asyncio.Event | None
 ) -> "_Outcome":
     """Import the rows after the job's mark, a batch a transaction. The next batch is read and
     validated (in a thread) while the database writes this one: the import runs at about the
@@ -169,7 +172,7 @@ async def _import_batches(
                 return _Outcome.DONE
             reading = read_ahead()
             committed = await job_rows.commit_batch(
-                resources.engine,
+                db,
                 run,
                 start=start,
                 end=batch.end,
@@ -198,7 +201,8 @@ async def queue_unfinished(resources: Resources) -> int:
     in-process queue, or of a Redis that kept nothing. A job queued twice runs once (its
     second delivery finds it finished, or its mark moved)."""
     try:
-        unfinished = await job_rows.unfinished_jobs(resources.engine)
+        async with open_db(resources.engine) as db:
+            unfinished = await job_rows.unfinished_jobs(db)
     except (DatabaseUnavailable, SchemaBehind):
         # The service starts anyway and answers 503 (db/engine.py logged why, once); its
         # unfinished jobs are queued at a start with the database fixed.

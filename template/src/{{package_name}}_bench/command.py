@@ -18,6 +18,7 @@ import typer
 
 if TYPE_CHECKING:
     from .driver import LoadGenerator
+    from .load import Spec
     from .servers import Server
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -50,6 +51,9 @@ class Request:
     path: str
     headers: dict[str, str]
     body: str
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
 
 
 @dataclass(frozen=True)
@@ -139,8 +143,7 @@ def bench(
         target = parse_url(url)
         baseline = read_baseline(compare) if compare else None
         generator = pick_load_generator(load_generator, request.method)
-        if target is None:
-            require_psutil()
+        require_psutil()
     except BadInput as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -164,21 +167,13 @@ def bench(
         "body_bytes": len(request.body.encode()),
         "load_generator": load_generator,
     }
-    route, bare = measured.route, measured.bare
     typer.echo(f"load generator: {measured.load_generator}; {measured.pinning}\n")
-    typer.echo(
-        table(
-            [
-                (f"{request.method} {request.path}", route, measured.ratio_to_bare),
-                ("bare FastAPI route", bare, 1.0),
-            ]
-        )
-    )
+    typer.echo(table(request, measured))
     if json_path is not None:
         write_report(json_path, parameters, measured)
     failed = report_failures(request, measured)
     if compare is not None and baseline is not None:  # both or neither
-        failed = report_regressions(compare, baseline, route, max_regression) or failed
+        failed = report_regressions(compare, baseline, measured.route, max_regression) or failed
     raise typer.Exit(1 if failed else 0)
 
 
@@ -187,10 +182,9 @@ def warn_on_another_route(baseline: dict[str, Any], request: Request) -> None:
     if not isinstance(parameters, dict):
         parameters = {}
     baseline_route = f"{parameters.get('method')} {parameters.get('path')}"
-    if baseline_route != f"{request.method} {request.path}":
+    if baseline_route != str(request):
         typer.echo(
-            f"warning: the baseline measured {baseline_route},"
-            f" this run {request.method} {request.path}",
+            f"warning: the baseline measured {baseline_route}, this run {request}",
             err=True,
         )
 
@@ -221,7 +215,7 @@ def report_failures(request: Request, measured: "Measured") -> bool:
         failed = True
     if route.errors or bare.errors:
         typer.echo(
-            f"\nFAILED: {route.errors} requests to {request.method} {request.path}"
+            f"\nFAILED: {route.errors} requests to {request}"
             f" and {bare.errors} to the bare route errored (status >= 400 or a transport error)"
         )
         failed = True
@@ -352,13 +346,10 @@ def run(
     from . import servers
     from .bare import BARE_PATH
     from .driver import load_generator
+    from .load import Spec
 
     server_pin, client_pin, pinning = servers.core_pins()
-    local_load = load_generator(choice, servers.HOST, client_pin)
-    route_load = local_load
-    if target is not None:
-        route_load = load_generator(choice, target.host, client_pin)
-    bare_request = Request(method="GET", path=BARE_PATH, headers={}, body="")
+    load = load_generator(choice, client_pin)
     environment = dict(os.environ)
     # Counted by the rate limit as always, never refused (unless the environment sets a limit).
     environment.setdefault("RATE_LIMIT_DEFAULT", BENCH_RATE_LIMIT)
@@ -366,31 +357,37 @@ def run(
     started: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as log_dir:
         try:
-            service = None
             if target is None:
                 typer.echo("starting the service and the bare route", err=True)
-                service = servers.start(
-                    "service", SERVICE_APP, environment, Path(log_dir), server_pin
+                started.append(
+                    servers.start("service", SERVICE_APP, environment, Path(log_dir), server_pin)
                 )
-                started.append(service)
-                target = Target(host=servers.HOST, port=service.port)
             bare = servers.start("bare", BARE_APP, environment, Path(log_dir), server_pin)
             started.append(bare)
             servers.wait_ready(started)  # a server that fails to start: its log is in the error
+            service = None if target else started[0]  # with --url: not ours to watch
+            # Its port once it answers: wait_ready serves it on another if its first was taken.
+            target = target or Target(host=servers.HOST, port=started[0].port)
             try:
                 statements = sample_statements(target, request)
                 typer.echo(
-                    f"measuring {request.method} {request.path}: {concurrency} connections,"
+                    f"measuring {request}: {concurrency} connections,"
                     f" {warmup:g} s warm-up, {duration:g} s",
                     err=True,
                 )
-                route = measure(
-                    route_load, target.port, request, concurrency, duration, warmup, service
+                route_spec = Spec(
+                    target.host,
+                    target.port,
+                    connections=concurrency,
+                    duration=duration,
+                    **asdict(request),
                 )
+                route = measure(load, route_spec, warmup, service)
                 typer.echo("measuring the bare route", err=True)
-                bare_figures = measure(
-                    local_load, bare.port, bare_request, concurrency, duration, warmup, bare
+                bare_spec = Spec(
+                    servers.HOST, bare.port, BARE_PATH, connections=concurrency, duration=duration
                 )
+                bare_figures = measure(load, bare_spec, warmup, bare)
             except RuntimeError as exc:
                 # The logs are in a temporary directory: a crash under load shows its traceback.
                 raise RuntimeError(f"{exc}{log_tails(started)}") from None
@@ -400,7 +397,7 @@ def run(
     return Measured(
         route=replace(route, statements_per_request=statements),
         bare=bare_figures,
-        load_generator=route_load.describe(),
+        load_generator=load.describe(),
         pinning=pinning,
     )
 
@@ -428,58 +425,38 @@ def sample_statements(target: Target, request: Request) -> int | None:
         raise RuntimeError(f"{request.method} {url} failed: {exc!r}") from None
     if response.status_code >= 400:
         typer.echo(
-            f"warning: the first {request.method} {request.path} answered"
-            f" {response.status_code}: {response.text[:200]}",
+            f"warning: the first {request} answered {response.status_code}: {response.text[:200]}",
             err=True,
         )
     match = QUERIES.search(response.headers.get("server-timing", ""))
     return int(match.group(1)) if match else None
 
 
-def measure(
-    load: "LoadGenerator",
-    port: int,
-    request: Request,
-    concurrency: int,
-    duration: float,
-    warmup: float,
-    server: "Server | None",
-) -> Figures:
+def measure(load: "LoadGenerator", spec: "Spec", warmup: float, server: "Server | None") -> Figures:
     """A warm-up run (not counted), then the measured one, with the server's CPU time around it
     when the server is ours."""
-    options: dict[str, Any] = {
-        "connections": concurrency,
-        "headers": request.headers,
-        "method": request.method,
-        "body": request.body,
-    }
     if warmup > 0:
-        load.timed(port, request.path, duration=warmup, **options)
+        load.timed(replace(spec, duration=warmup))
     cpu_before = server.cpu_seconds() if server else 0.0
-    result = load.timed(port, request.path, duration=duration, **options)
+    result = load.timed(spec)
     cpu_us = None
     if server is not None and result.requests:
         cpu_us = (server.cpu_seconds() - cpu_before) / result.requests * 1_000_000
-    return Figures(
-        requests=result.requests,
-        seconds=result.seconds,
-        rps=result.rps,
-        p50_ms=result.p50_ms,
-        p99_ms=result.p99_ms,
-        errors=result.errors,
-        statements_per_request=None,
-        server_cpu_us_per_request=cpu_us,
-    )
+    loaded = {name: value for name, value in asdict(result).items() if name != "server_cpu_us"}
+    return Figures(**loaded, statements_per_request=None, server_cpu_us_per_request=cpu_us)
 
 
-def table(rows: list[tuple[str, Figures, float | None]]) -> str:
-    """Aligned columns: the row's name, then ``COLUMNS``."""
+def table(request: Request, measured: Measured) -> str:
+    """Aligned columns: the route's row and the bare route's, under ``COLUMNS``."""
 
     def optional(value: float | None, digits: int) -> str:
         return "n/a" if value is None else f"{value:.{digits}f}"
 
     cells = [("", *COLUMNS)]
-    for name, figures, ratio in rows:
+    for name, figures, ratio in (
+        (str(request), measured.route, measured.ratio_to_bare),
+        ("bare FastAPI route", measured.bare, 1.0),
+    ):
         cells.append(
             (
                 name,

@@ -6,87 +6,43 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-from .load import Spec
+from .load import LoadResult, Spec
 
 LOAD_MODULE = f"{__package__}.load"
 
 
-@dataclass(frozen=True)
-class LoadResult:
-    requests: int
-    seconds: float
-    rps: float
-    errors: int
-    p50_ms: float
-    p99_ms: float
-    server_cpu_us: float = 0.0  # the server's CPU time per request, filled in by the runner
-
-
 class LoadGenerator:
-    """Runs one timed load against a URL path; ``name`` says which tool, for the report."""
+    """Runs one timed load, described by a ``Spec``, in its own process: ``load.py``."""
 
-    name = "python"
+    name = "load generator"
 
-    def __init__(self, host: str, pin: list[str]) -> None:
-        self.host = host
+    def __init__(self, pin: list[str]) -> None:
         self.pin = pin  # e.g. ["taskset", "-c", "1"], or [] where pinning is not possible
-
-    def timed(
-        self,
-        port: int,
-        path: str,
-        *,
-        connections: int,
-        duration: float,
-        headers: dict[str, str] | None = None,
-        method: str = "GET",
-        body: str = "",
-    ) -> LoadResult:
-        result = run_python(
-            self.pin,
-            Spec(
-                host=self.host,
-                port=port,
-                path=path,
-                connections=connections,
-                duration=duration,
-                headers=headers or {},
-                method=method,
-                body=body,
-            ),
-        )
-        return LoadResult(
-            requests=result["requests"],
-            seconds=result["seconds"],
-            rps=result["rps"],
-            errors=result["errors"],
-            p50_ms=result["p50_ms"],
-            p99_ms=result["p99_ms"],
-        )
 
     def describe(self) -> str:
         return "Python asyncio load generator (load.py, raw HTTP/1.1 keep-alive streams)"
 
+    def timed(self, spec: Spec) -> LoadResult:
+        spec_json = json.dumps(asdict(spec))  # on stdin: bodies can be big
+        output = self.run([sys.executable, "-m", LOAD_MODULE, "-"], spec.duration, spec_json)
+        return LoadResult(**json.loads(output.splitlines()[-1]))
 
-def run_python(pin: list[str], spec: Spec) -> dict[str, Any]:
-    """Run ``load.py`` in its own process and return its JSON result."""
-    spec_json = json.dumps(asdict(spec))
-    completed = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [*pin, sys.executable, "-m", LOAD_MODULE, "-"],  # the spec on stdin: bodies can be big
-        input=spec_json,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=spec.warmup + spec.duration + 120,
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"load generator failed: {completed.stderr.strip()[-2000:]}")
-    result: dict[str, Any] = json.loads(completed.stdout.splitlines()[-1])
-    return result
+    def run(self, command: list[str], duration: float, stdin: str | None = None) -> str:
+        """``command`` on the load generator's core; its output, or its error as RuntimeError."""
+        completed = subprocess.run(  # noqa: S603 - our own interpreter, or the wrk on PATH
+            [*self.pin, *command],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=duration + 120,
+        )
+        if completed.returncode != 0:
+            raise RuntimeError(f"{self.name} failed: {completed.stderr.strip()[-2000:]}")
+        return completed.stdout
 
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -123,8 +79,8 @@ def parse_wrk(output: str, seconds: float) -> LoadResult:
 class Wrk(LoadGenerator):
     name = "wrk"
 
-    def __init__(self, host: str, pin: list[str], executable: str) -> None:
-        super().__init__(host, pin)
+    def __init__(self, pin: list[str], executable: str) -> None:
+        super().__init__(pin)
         self.executable = executable
         version = subprocess.run(  # noqa: S603 - the wrk found on PATH
             [executable, "--version"], capture_output=True, text=True, check=False
@@ -134,41 +90,27 @@ class Wrk(LoadGenerator):
     def describe(self) -> str:
         return f"{self.version} (one thread)"
 
-    def timed(
-        self,
-        port: int,
-        path: str,
-        *,
-        connections: int,
-        duration: float,
-        headers: dict[str, str] | None = None,
-        method: str = "GET",
-        body: str = "",
-    ) -> LoadResult:
-        url = f"http://{self.host}:{port}{path}"
+    def timed(self, spec: Spec) -> LoadResult:
+        url = f"http://{spec.host}:{spec.port}{spec.path}"
         header_args = [
-            arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")
+            arg for name, value in spec.headers.items() for arg in ("-H", f"{name}: {value}")
         ]
-        seconds = max(1, round(duration))  # wrk takes whole seconds only
+        seconds = max(1, round(spec.duration))  # wrk takes whole seconds only
         with tempfile.TemporaryDirectory(prefix="wrk-") as script_dir:
             script_args = []
-            if method != "GET" or body:
+            if spec.method != "GET" or spec.body:
                 script = Path(script_dir) / "request.lua"
-                script.write_text(wrk_request_script(method, body))
+                script.write_text(wrk_request_script(spec.method, spec.body))
                 script_args = ["-s", str(script)]
             command = [
-                *self.pin, self.executable, "-t1", f"-c{connections}", f"-d{seconds}s",
+                self.executable, "-t1", f"-c{spec.connections}", f"-d{seconds}s",
                 "--timeout", "30s", "--latency", *header_args, *script_args, url,
             ]  # fmt: skip
-            completed = subprocess.run(  # noqa: S603 - the wrk found on PATH
-                command, capture_output=True, text=True, check=False, timeout=seconds + 120
-            )
-        if completed.returncode != 0:
-            raise RuntimeError(f"wrk failed: {completed.stderr.strip()[-2000:]}")
+            output = self.run(command, seconds)
         try:
-            return parse_wrk(completed.stdout, seconds)
+            return parse_wrk(output, seconds)
         except (AttributeError, KeyError, ValueError):
-            raise RuntimeError(f"unexpected wrk output:\n{completed.stdout}") from None
+            raise RuntimeError(f"unexpected wrk output:\n{output}") from None
 
 
 def wrk_request_script(method: str, body: str) -> str:
@@ -181,9 +123,9 @@ def wrk_request_script(method: str, body: str) -> str:
     return f"wrk.method = {lua_string(method)}\nwrk.body = {lua_string(body)}\n"
 
 
-def load_generator(choice: str, host: str, pin: list[str]) -> LoadGenerator:
+def load_generator(choice: str, pin: list[str]) -> LoadGenerator:
     """``auto`` prefers wrk (a C tool: it cannot be the bottleneck) when it is on PATH."""
     wrk = shutil.which("wrk")
     if choice in {"auto", "wrk"} and wrk is not None:
-        return Wrk(host, pin, wrk)
-    return LoadGenerator(host, pin)
+        return Wrk(pin, wrk)
+    return LoadGenerator(pin)

@@ -9,11 +9,11 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import httpx
+import psutil
 
 HOST = "127.0.0.1"
 # What uvicorn logs when its port was taken meanwhile.
@@ -28,20 +28,57 @@ def free_port() -> int:
 
 @dataclass
 class Server:
+    """The app that ``factory`` ("module:function") makes, served on a free port."""
+
     name: str
     factory: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
     env: dict[str, str]
+    log_path: Path
     pin: list[str]
+    port: int = field(init=False)
+    process: subprocess.Popen[bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.serve()
+
+    def serve(self) -> None:
+        # uvicorn binds the port itself: a socket handed over with --fd would be taken for a Unix
+        # socket (uvicorn's fromfd), and its connections would lose TCP_NODELAY (40 ms answers).
+        self.port = free_port()
+        loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+        command = [
+            *self.pin,
+            sys.executable,
+            "-m",
+            "uvicorn",
+            self.factory,
+            "--factory",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--loop",
+            loop,
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and app
+                command,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stopped as a whole
+            )
 
     def url(self, path: str) -> str:
         return f"http://{HOST}:{self.port}{path}"
 
     def cpu_seconds(self) -> float:
-        import psutil
-
         times = psutil.Process(self.process.pid).cpu_times()
         return float(times.user + times.system)
 
@@ -64,49 +101,7 @@ def core_pins() -> tuple[list[str], list[str], str]:
 
 
 def start(name: str, factory: str, env: dict[str, str], log_dir: Path, pin: list[str]) -> Server:
-    """Serve the app that ``factory`` ("module:function") makes, on a free port."""
-    log_path = log_dir / f"server-{name}.log"
-    port, process = _serve(factory, env, log_path, pin)
-    return Server(name, factory, port, process, log_path, env, pin)
-
-
-def _serve(
-    factory: str, env: dict[str, str], log_path: Path, pin: list[str]
-) -> tuple[int, subprocess.Popen[bytes]]:
-    # uvicorn binds the port itself: a socket handed over with --fd would be taken for a Unix
-    # socket (uvicorn's fromfd), and its connections would lose TCP_NODELAY (40 ms answers).
-    port = free_port()
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    command = [
-        *pin,
-        sys.executable,
-        "-m",
-        "uvicorn",
-        factory,
-        "--factory",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--loop",
-        loop,
-        "--http",
-        "httptools",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
-    log: IO[bytes]
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and app
-            command,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopped as a whole
-        )
-    return port, process
+    return Server(name, factory, env, log_dir / f"server-{name}.log", pin)
 
 
 def wait_ready(servers: list[Server], timeout: float = 90.0) -> None:
@@ -119,9 +114,7 @@ def wait_ready(servers: list[Server], timeout: float = 90.0) -> None:
             while True:
                 if server.process.poll() is not None:
                     if ADDRESS_IN_USE in server.log_tail() and time.monotonic() < deadline:
-                        server.port, server.process = _serve(
-                            server.factory, server.env, server.log_path, server.pin
-                        )
+                        server.serve()
                         continue
                     raise RuntimeError(
                         f"bench server {server.name} exited {server.process.returncode}:\n"
@@ -138,8 +131,6 @@ def wait_ready(servers: list[Server], timeout: float = 90.0) -> None:
 
 def _listens(server: Server) -> bool:
     """Whether the server's own process listens on its port (not another that took it)."""
-    import psutil
-
     return any(
         connection.status == psutil.CONN_LISTEN and connection.laddr.port == server.port
         for connection in psutil.Process(server.process.pid).net_connections(kind="tcp")

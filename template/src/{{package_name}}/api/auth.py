@@ -12,7 +12,7 @@ import anyio
 from fastapi import APIRouter, Form, HTTPException, Response, status
 
 from ..db import accounts
-from ..deps import Resources, ResourcesDep
+from ..deps import DbDep, Resources, ResourcesDep
 from ..errors import documented
 from ..ratelimit import Refusal
 from ..schemas import RefreshRequest, TokenPair
@@ -67,12 +67,12 @@ def _locked_out(refusal: Refusal) -> HTTPException:
 
 @router.post("/token", responses=documented(400, 401, 413, 429))
 async def sign_in(
-    username: Login, password: Password, resources: ResourcesDep, response: Response
+    username: Login, password: Password, db: DbDep, resources: ResourcesDep, response: Response
 ) -> TokenPair:
     """Sign in with a username or email and a password. After RATE_LIMIT_LOCKOUT_FAILURES
     failed attempts for one account within RATE_LIMIT_LOCKOUT_SECONDS (10 in 15 minutes), every
     attempt is refused with 429 until the window has passed, the right password too."""
-    found = await accounts.credentials(resources.engine, username)
+    found = await accounts.credentials(db, username)
     account = _unknown_login(username) if found is None else f"user:{found[0]}"
     refusal = await resources.rate_limits.sign_in_attempt(account)
     if refusal is not None:
@@ -86,10 +86,10 @@ async def sign_in(
     user_id = found[0]
     await resources.rate_limits.signed_in(account)
     if rehashed is not None:  # an older format or cost: store Argon2id with today's cost
-        await accounts.replace_password_hash(resources.engine, user_id, found[1], rehashed)
+        await accounts.replace_password_hash(db, user_id, found[1], rehashed)
     token = new_refresh_token()
     await accounts.add_refresh_token(
-        resources.engine,
+        db,
         user_id=user_id,
         digest=refresh_token_digest(token),
         family_id=new_token_family(),
@@ -99,12 +99,14 @@ async def sign_in(
 
 
 @router.post("/refresh", responses=documented(400, 401, 413))
-async def refresh(body: RefreshRequest, resources: ResourcesDep, response: Response) -> TokenPair:
+async def refresh(
+    body: RefreshRequest, db: DbDep, resources: ResourcesDep, response: Response
+) -> TokenPair:
     """A new pair for a refresh token, which is retired. A retired token presented again (a
     stolen copy, or a replay) retires every token descended from the same sign-in."""
     token = new_refresh_token()
     user_id = await accounts.rotate_refresh_token(
-        resources.engine,
+        db,
         digest=refresh_token_digest(body.refresh_token),
         next_digest=refresh_token_digest(token),
         lifetime=_refresh_lifetime(resources),
@@ -115,7 +117,7 @@ async def refresh(body: RefreshRequest, resources: ResourcesDep, response: Respo
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=documented(401))
-async def sign_out(user_id: CurrentUserId, resources: ResourcesDep) -> None:
+async def sign_out(user_id: CurrentUserId, db: DbDep) -> None:
     """Retire every refresh token of the caller. Access tokens already issued stay valid until
     they expire (AUTH_ACCESS_TOKEN_SECONDS)."""
-    await accounts.retire_refresh_tokens(resources.engine, user_id)
+    await accounts.retire_refresh_tokens(db, user_id)

@@ -93,7 +93,7 @@ async def import_items(
     await store_body(body, target, what="import", limit=limit, accept=accept)
     try:
         job = await job_rows.create_import(
-            resources.engine,
+            db,
             project_id=project_id,
             creator_id=caller,
             source=str(target),
@@ -106,7 +106,7 @@ async def import_items(
         await enqueue(resources.broker, IMPORT_ITEMS, job.id)
     except Exception:
         logger.exception("queueing import job %d failed", job.id)
-        await job_rows.fail(resources.engine, job.id, "the job queue was unavailable")
+        await job_rows.fail(db, job.id, "the job queue was unavailable")
         await target.unlink(missing_ok=True)
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -148,11 +148,9 @@ class _Utf8Body:
 
 
 @router.get("/jobs/{job_id:int}", responses=documented(401, 404))
-async def get_job(
-    job_id: RowId, response: Response, caller: CurrentUserId, resources: ResourcesDep
-) -> JobPublic:
+async def get_job(job_id: RowId, response: Response, caller: CurrentUserId, db: DbDep) -> JobPublic:
     """The job's status and counts; its creator's alone."""
-    found = await job_rows.get_job(resources.engine, job_id)
+    found = await job_rows.get_job(db, job_id)
     if found is None or found[0] != caller:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
     response.headers["Cache-Control"] = "no-store"  # it changes while the job runs

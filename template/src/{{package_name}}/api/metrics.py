@@ -9,7 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..db import jobs as job_rows
 from ..db.engine import DatabaseUnavailable, SchemaBehind
-from ..deps import ResourcesDep
+from ..deps import DbDep
 from ..observability.metrics import exposition
 
 logger = logging.getLogger(__name__)
@@ -19,10 +19,10 @@ COUNT_TIMEOUT_SECONDS = 2.0
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(resources: ResourcesDep) -> Response:
+async def metrics(db: DbDep) -> Response:
     try:
         with anyio.fail_after(COUNT_TIMEOUT_SECONDS):
-            unfinished = await job_rows.count_unfinished(resources.engine)
+            unfinished = await job_rows.count_unfinished(db)
     except (DatabaseUnavailable, SchemaBehind, SQLAlchemyError, TimeoutError) as exc:
         # The rest is still worth scraping: the jobs' gauge is left out rather than wrong.
         logger.warning("/metrics without jobs_unfinished: %s", exc or type(exc).__name__)

@@ -1,14 +1,14 @@
 """Sign-in's data: credentials and refresh tokens. SQLAlchemy Core on ``models`` (both ORMs map
-the same tables there), so the security-sensitive statements exist once: a refresh token is
-rotated by one conditional UPDATE, which aprisma cannot express (its ``update`` with a
-non-unique ``where`` updates every match)."""
+the same tables there, on the ``Db``'s engine), so the security-sensitive statements exist once:
+a refresh token is rotated by one conditional UPDATE, which aprisma cannot express (its
+``update`` with a non-unique ``where`` updates every match)."""
 
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .models import RefreshToken, User
+from .queries import Db
 
 # Prisma's DateTime columns are TIMESTAMP WITHOUT TIME ZONE (UTC by convention); SQLAlchemy's here
 # are WITH: hand each the kind of datetime it stores.
@@ -20,19 +20,19 @@ def _now() -> datetime:
     return now if _AWARE else now.replace(tzinfo=None)
 
 
-async def credentials(engine: AsyncEngine, login: str) -> tuple[int, str] | None:
+async def credentials(db: Db, login: str) -> tuple[int, str] | None:
     """The id and password hash of the user whose username, or email in any case, is ``login``."""
     query = select(User.id, User.password_hash).where(
         or_(User.username == login, func.lower(User.email) == login.lower())
     )
-    async with engine.connect() as conn:
+    async with db.engine.connect() as conn:
         row = (await conn.execute(query.limit(1))).first()
     return None if row is None else (row[0], row[1])
 
 
-async def replace_password_hash(engine: AsyncEngine, user_id: int, old: str, new: str) -> None:
+async def replace_password_hash(db: Db, user_id: int, old: str, new: str) -> None:
     """Store ``new`` unless the hash changed meanwhile (a password change wins over a rehash)."""
-    async with engine.begin() as conn:
+    async with db.engine.begin() as conn:
         await conn.execute(
             update(User)
             .where(User.id == user_id, User.password_hash == old)
@@ -41,9 +41,9 @@ async def replace_password_hash(engine: AsyncEngine, user_id: int, old: str, new
 
 
 async def add_refresh_token(
-    engine: AsyncEngine, *, user_id: int, digest: str, family_id: str, lifetime: timedelta
+    db: Db, *, user_id: int, digest: str, family_id: str, lifetime: timedelta
 ) -> None:
-    async with engine.begin() as conn:
+    async with db.engine.begin() as conn:
         await conn.execute(
             insert(RefreshToken).values(
                 user_id=user_id,
@@ -55,13 +55,13 @@ async def add_refresh_token(
 
 
 async def rotate_refresh_token(
-    engine: AsyncEngine, *, digest: str, next_digest: str, lifetime: timedelta
+    db: Db, *, digest: str, next_digest: str, lifetime: timedelta
 ) -> int | None:
     """Retire the live, unexpired token ``digest`` and store ``next_digest`` in its family; the
     user id. None when there is no such token; when ``digest`` was already retired (presented
     twice: stolen, or a replay), its whole family is retired too."""
     now = _now()
-    async with engine.begin() as conn:
+    async with db.engine.begin() as conn:
         # One conditional UPDATE: of two concurrent rotations of one token, exactly one wins.
         live = (
             await conn.execute(
@@ -103,9 +103,9 @@ async def rotate_refresh_token(
     return None
 
 
-async def retire_refresh_tokens(engine: AsyncEngine, user_id: int) -> int:
+async def retire_refresh_tokens(db: Db, user_id: int) -> int:
     """Retire every live refresh token of the user (sign-out everywhere); how many."""
-    async with engine.begin() as conn:
+    async with db.engine.begin() as conn:
         result = await conn.execute(
             update(RefreshToken)
             .where(RefreshToken.user_id == user_id, RefreshToken.retired_at.is_(None))

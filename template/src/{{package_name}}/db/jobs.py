@@ -1,8 +1,8 @@
 """Jobs' data: the ``jobs`` table and an import's batches. SQLAlchemy Core on ``models`` (both
-ORMs map the same tables there), so the statements that make a re-delivered job harmless exist
-once: each batch of rows is inserted in the transaction that moves the job's high-water mark
-(``position``, the input lines done), under a lock on the job's row; a second run of the same
-job finds the mark moved and inserts nothing twice."""
+ORMs map the same tables there, on the ``Db``'s engine), so the statements that make a
+re-delivered job harmless exist once: each batch of rows is inserted in the transaction that
+moves the job's high-water mark (``position``, the input lines done), under a lock on the job's
+row; a second run of the same job finds the mark moved and inserts nothing twice."""
 
 import json
 from collections.abc import Sequence
@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..schemas import JobError, JobPublic
 from .models import Item, Job, Project
+from .queries import Db
 
 # What a job's status says, and which of them a delivery may still run.
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
@@ -59,7 +60,7 @@ def _public(row: Any) -> JobPublic:
 
 
 async def create_import(
-    engine: AsyncEngine, *, project_id: int, creator_id: int, source: str, source_format: str
+    db: Db, *, project_id: int, creator_id: int, source: str, source_format: str
 ) -> JobPublic:
     values = {
         "kind": "items_import",
@@ -74,14 +75,14 @@ async def create_import(
         "errors": "[]",
         "attempts": 0,
     }
-    async with engine.begin() as conn:
+    async with db.engine.begin() as conn:
         row = (await conn.execute(insert(Job).values(values).returning(*_PUBLIC))).one()
     return _public(row)
 
 
-async def get_job(engine: AsyncEngine, job_id: int) -> tuple[int, JobPublic] | None:
+async def get_job(db: Db, job_id: int) -> tuple[int, JobPublic] | None:
     """``(creator_id, job)``; None when there is no such job."""
-    async with engine.connect() as conn:
+    async with db.engine.connect() as conn:
         row = (await conn.execute(select(Job.creator_id, *_PUBLIC).where(Job.id == job_id))).first()
     return None if row is None else (row.creator_id, _public(row))
 
@@ -98,10 +99,10 @@ class ImportRun:
     attempts: int
 
 
-async def start_import(engine: AsyncEngine, job_id: int) -> ImportRun | None:
+async def start_import(db: Db, job_id: int) -> ImportRun | None:
     """Mark the job running and count the attempt; None when it needs no run (finished, or
     gone with its project)."""
-    async with engine.begin() as conn:
+    async with db.engine.begin() as conn:
         row = (
             await conn.execute(
                 update(Job)
@@ -117,24 +118,24 @@ async def start_import(engine: AsyncEngine, job_id: int) -> ImportRun | None:
     return ImportRun(job_id, row[0], row[1], row[2], row[3], row[4])
 
 
-async def unfinished_jobs(engine: AsyncEngine) -> list[int]:
-    async with engine.connect() as conn:
+async def unfinished_jobs(db: Db) -> list[int]:
+    async with db.engine.connect() as conn:
         rows = await conn.scalars(select(Job.id).where(Job.status.in_(UNFINISHED)).order_by(Job.id))
         return list(rows)
 
 
-async def count_unfinished(engine: AsyncEngine) -> dict[str, int]:
+async def count_unfinished(db: Db) -> dict[str, int]:
     """How many jobs are queued and how many running (the index on ``status``)."""
     statement = (
         select(Job.status, func.count()).where(Job.status.in_(UNFINISHED)).group_by(Job.status)
     )
-    async with engine.connect() as conn:
+    async with db.engine.connect() as conn:
         counted = dict((await conn.execute(statement)).all())
     return {status: counted.get(status, 0) for status in UNFINISHED}
 
 
 async def commit_batch(
-    engine: AsyncEngine,
+    db: Db,
     run: ImportRun,
     *,
     start: int,
@@ -145,7 +146,7 @@ async def commit_batch(
     """Move the job's mark from ``start`` to ``end`` and insert ``rows`` (input lines ``start``
     to ``end``), in one transaction. False, with nothing written, when the mark is not at
     ``start`` any more (another run of the job got there first) or the job is gone."""
-    async with engine.begin() as conn:
+    async with db.engine.begin() as conn:
         # The mark moves first, only from ``start``: this UPDATE takes the job's row (SQLite:
         # the database's write lock) until the transaction ends, so a second run of the job
         # waits here and then finds the mark moved. (A SELECT ... FOR UPDATE would not do on
@@ -190,16 +191,16 @@ async def _insert_items(
     await conn.execute(insert(Item), [{"project_id": project_id, **row} for row in rows])
 
 
-async def recount_items(engine: AsyncEngine, project_id: int) -> None:
+async def recount_items(db: Db, project_id: int) -> None:
     """The project's denormalized item count, recomputed in one UPDATE."""
     count = select(func.count()).where(Item.project_id == project_id).scalar_subquery()
-    async with engine.begin() as conn:
+    async with db.engine.begin() as conn:
         await conn.execute(update(Project).where(Project.id == project_id).values(item_count=count))
 
 
-async def succeed(engine: AsyncEngine, job_id: int) -> bool:
+async def succeed(db: Db, job_id: int) -> bool:
     """The job succeeded; False when another run ended it first."""
-    async with engine.begin() as conn:
+    async with db.engine.begin() as conn:
         done = await conn.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == RUNNING)
@@ -208,17 +209,17 @@ async def succeed(engine: AsyncEngine, job_id: int) -> bool:
     return bool(done.rowcount)
 
 
-async def requeue(engine: AsyncEngine, job_id: int) -> None:
+async def requeue(db: Db, job_id: int) -> None:
     """The job waits in the queue again (its run stopped between batches)."""
-    async with engine.begin() as conn:
+    async with db.engine.begin() as conn:
         await conn.execute(
             update(Job).where(Job.id == job_id, Job.status == RUNNING).values(status=QUEUED)
         )
 
 
-async def fail(engine: AsyncEngine, job_id: int, message: str) -> None:
+async def fail(db: Db, job_id: int, message: str) -> None:
     """The job failed, with ``message`` as its last error (no line: the job's own)."""
-    async with engine.begin() as conn:
+    async with db.engine.begin() as conn:
         found = await conn.scalar(select(Job.errors).where(Job.id == job_id).with_for_update())
         if found is None:
             return
