@@ -2,15 +2,18 @@
 autocommit connection.
 
 Declare a ``Shape`` (which column feeds which field of the response model) and a ``JsonRows``
-(the statement: joins, filter, order, limit); ``fetch`` returns one JSON document per row,
-written by the database (PostgreSQL's ``row_to_json``, SQLite's ``json_object``): no ORM
-objects, no Python row decoding, no validation; the bytes are the ones the response model would
-serialize (``tests/test_fast_reads.py`` checks it on both).
+(the statement: joins, filter, order, limit); ``read`` (or ``fetch`` on a connection of yours)
+returns one JSON document per row, written by the database (PostgreSQL's ``row_to_json``,
+SQLite's ``json_object``): no ORM objects, no Python row decoding, no validation; the bytes are
+the ones the response model would serialize (``tests/test_fast_reads.py`` checks it on both).
 
-Reads run on an autocommit connection (``read_connection``): a single statement needs no
-transaction, so no BEGIN and ROLLBACK round trips around it. The statement is built once per
-dialect; on PostgreSQL it is compiled once too and each call runs it on asyncpg itself
-(``engine.fetch_on_driver``: still timed, logged and turned into a 503 in an outage).
+Reads run outside a transaction: a single statement needs none, so no BEGIN and ROLLBACK round
+trips around it. The statement is built once per dialect; on PostgreSQL it is compiled once too
+and each call runs it on asyncpg itself (``engine.fetch_on_driver``: still timed, logged and
+turned into a 503 in an outage), prepared once per connection by asyncpg's statement cache
+(behind PgBouncer, parsed with each run), and ``read`` takes its connection from the pool
+without an ``AsyncConnection`` around it (``engine.driver_connection``). SQLite's reads run on
+an autocommit connection (``read_connection``).
 """
 
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -33,6 +36,7 @@ from sqlalchemy import (
     literal,
     select,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import QueryableAttribute
@@ -40,7 +44,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from .engine import fetch_on_driver
+from .engine import driver_connection, fetch_on_driver
 
 # Types whose JSON text from PostgreSQL and SQLite is byte for byte Pydantic's (or made so
 # below). Anything else (floats, decimals, JSON columns) is refused rather than risk other bytes.
@@ -161,26 +165,42 @@ class JsonRows:
             self._statements[dialect] = statement
         return self._statements[dialect]
 
+    async def read(self, engine: AsyncEngine, **params: Any) -> list[JsonRow]:
+        """``fetch`` on a connection of its own: on PostgreSQL, one checked out for asyncpg
+        alone (``engine.driver_connection``), with no ``AsyncConnection`` around it."""
+        if engine.dialect.name != "postgresql":
+            async with read_connection(engine) as conn:
+                return await self.fetch(conn, **params)
+        sql, args = self._driver_args(engine.dialect, params)
+        async with driver_connection(engine) as sync_conn:
+            rows = await fetch_on_driver(sync_conn, sql, args)
+        return [JsonRow(json.encode(), tuple(keys)) for json, *keys in rows]
+
     async def fetch(self, conn: AsyncConnection, **params: Any) -> list[JsonRow]:
         rows: Iterable[Sequence[Any]]
         if conn.dialect.name == "postgresql":
-            sql, names, fixed = self._driver_sql(conn)
-            try:
-                args = [params[name] if name in params else fixed[name] for name in names]
-            except KeyError as missing:
-                raise TypeError(f"fetch() needs a value for bindparam {missing}") from None
-            rows = await fetch_on_driver(conn, sql, args)
+            sql, args = self._driver_args(conn.dialect, params)
+            sync_conn = conn.sync_connection
+            assert sync_conn is not None, "fetch needs a started connection"
+            rows = await fetch_on_driver(sync_conn, sql, args)
         else:
             rows = await conn.execute(self.statement(conn.dialect.name), params)
         return [JsonRow(json.encode(), tuple(keys)) for json, *keys in rows]
 
-    def _driver_sql(self, conn: AsyncConnection) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    def _driver_args(self, dialect: Dialect, params: dict[str, Any]) -> tuple[str, list[Any]]:
+        sql, names, fixed = self._driver_sql(dialect)
+        try:
+            return sql, [params[name] if name in params else fixed[name] for name in names]
+        except KeyError as missing:
+            raise TypeError(f"fetch() needs a value for bindparam {missing}") from None
+
+    def _driver_sql(self, dialect: Dialect) -> tuple[str, tuple[str, ...], dict[str, Any]]:
         """The PostgreSQL statement compiled once, for asyncpg: its SQL ($1, $2, ...), the
         names of its parameters in order, and the values of those fixed in the statement
         (a ``bindparam`` without a value is the caller's to give). Values go to asyncpg as
         they are: ints, strings, datetimes, the types it encodes itself."""
         if self._compiled is None:
-            compiled = self.statement("postgresql").compile(dialect=conn.dialect)
+            compiled = self.statement("postgresql").compile(dialect=dialect)
             fixed = {name: bind.value for name, bind in compiled.binds.items() if not bind.required}
             self._compiled = (compiled.string, tuple(compiled.positiontup or ()), fixed)
         return self._compiled
