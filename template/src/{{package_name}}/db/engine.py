@@ -1,13 +1,13 @@
 """The one place that builds the database engine: URL, pool parameters and query logging."""
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
 from sqlalchemy.exc import InvalidatePoolError
@@ -185,25 +185,11 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Connection]:
     try:
         yield sync_conn
     finally:
-        # Returned to the pool even if the request is cancelled meanwhile (a client that left):
-        # as AsyncConnection's own exit does.
-        await _run_to_completion(greenlet_spawn(sync_conn.close))
-
-
-async def _run_to_completion(cleanup: Awaitable[None]) -> None:
-    task = asyncio.ensure_future(cleanup)
-    cancelled: asyncio.CancelledError | None = None
-    while True:
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError as error:
-            if task.done():
-                raise
-            cancelled = error
-        else:
-            break
-    if cancelled is not None:
-        raise cancelled
+        # Returned to the pool even if the request is cancelled meanwhile, as the exports'
+        # cleanup is: AsyncConnection's exit runs its close in a task of its own instead, which
+        # cost ~30 us of CPU a read (in process); the close rarely waits on anything at all.
+        with anyio.CancelScope(shield=True):
+            await greenlet_spawn(sync_conn.close)
 
 
 async def fetch_on_driver(sync_conn: Connection, sql: str, args: Sequence[Any]) -> Sequence[Any]:
