@@ -528,7 +528,7 @@ def uncached_reads(bench: Bench) -> list[Figure]:
             f"uncached offset page 1 of {size} vs bare route (req/s)",
             first.rps / top.rps,
             target_op=">=",
-            target=0.2,
+            target=0.22,
             detail=_rps(first, top),
         ),
         Figure(
@@ -536,14 +536,18 @@ def uncached_reads(bench: Bench) -> list[Figure]:
             f"keyset page of {size} vs bare route (req/s)",
             keyed.rps / top.rps,
             target_op=">=",
-            target=0.25,
+            target=0.22,
             detail=_rps(keyed, top),
         ),
         Figure(
             10,
-            f"offset {(deep_page - 1) * size:,} vs bare route (req/s)",
-            deep.rps / top.rps,
-            detail=_rps(deep, top),
+            f"offset {(deep_page - 1) * size:,} vs offset page 1 (req/s)",
+            deep.rps / first.rps,
+            target_op=">=",
+            target=0.5,
+            # Its start is remembered after the first read (pagination.page_start): the steady
+            # state of a list nobody writes to meanwhile.
+            detail=f"{_rps(deep, first)}; {deep.rps / top.rps:.2f}x of the bare route",
         ),
     ]
 

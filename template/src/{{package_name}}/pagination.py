@@ -1,17 +1,20 @@
-"""Offset pages with bounds from settings, and keyset pages with an opaque, signed cursor."""
+"""Offset pages with bounds from settings (deep ones seeking from remembered positions), and
+keyset pages with an opaque, signed cursor."""
 
 import base64
 import binascii
 import hashlib
 import hmac
 import json
-from typing import Annotated, Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Generic, NamedTuple, TypeVar
 
 from fastapi import Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from pydantic_core import to_json
 
+from .cache import Cache
 from .errors import invalid
 from .schemas import MAX_ID
 from .settings import Settings
@@ -128,6 +131,53 @@ async def offset_params(
     page: Annotated[int, Query(ge=1, le=MAX_ID, description="1-based page number")] = 1,
 ) -> OffsetParams:
     return OffsetParams(page=page, page_size=size)
+
+
+# A deep offset page starts from the nearest remembered position at or before its offset, a
+# multiple of this many rows: the database skips fewer than this many rows, not all of them.
+ANCHOR_SPACING = 1000
+
+
+class PageStart(NamedTuple):
+    """Where an offset page's rows start: skip ``offset`` of the rows whose id is above
+    ``after_id`` (0: all of them)."""
+
+    after_id: int
+    offset: int
+
+
+async def page_start(
+    cache: Cache,
+    namespace: str,
+    parts: tuple[object, ...],
+    offset: int,
+    id_at: Callable[[int], Awaitable[int | None]],
+) -> PageStart:
+    """``OFFSET offset`` of a list ordered by id, as a seek from a remembered position.
+
+    OFFSET reads every row it skips: a page 9,000 rows deep read ~9,050 index entries (~1.2 ms
+    of the database's time on each request, a quarter of page 1's throughput). So the id at
+    every ``ANCHOR_SPACING``-th position is remembered in the cache under ``namespace`` and
+    ``parts`` (the viewer's: each sees other rows), and the page is the rows after that id,
+    skipping the rest of the offset: the same rows, as ``id_at(position)`` (the id of the row
+    at that 0-based position, None past the end) and OFFSET see them. Every write that can
+    change the list invalidates ``namespace`` (as for the cached pages and their total), so a
+    remembered position is never older than the total on the same page. A position past the end
+    is remembered as such, and the page is then read with a plain OFFSET."""
+    anchor = offset // ANCHOR_SPACING
+    if anchor == 0:
+        return PageStart(0, offset)
+    position = anchor * ANCHOR_SPACING
+
+    async def load() -> bytes:
+        found = await id_at(position - 1)
+        return b"" if found is None else str(found).encode()
+
+    key = await cache.namespace_key(namespace, "anchor", ANCHOR_SPACING, *parts, anchor)
+    last_id = await cache.get_or_set(key, load)
+    if not last_id:
+        return PageStart(0, offset)
+    return PageStart(int(last_id), offset - position)
 
 
 class CursorCodec:

@@ -21,10 +21,18 @@ from ..db.json_rows import json_array
 from ..deps import CacheDep, DbDep, Resources, ResourcesDep, resources_of
 from ..errors import documented
 from ..http_cache import VARY, cached_json, json_with_etag
-from ..pagination import CursorPage, KeysetDep, OffsetDep, Page, cursor_page_json, next_cursor
+from ..pagination import (
+    CursorPage,
+    KeysetDep,
+    OffsetDep,
+    Page,
+    cursor_page_json,
+    next_cursor,
+    page_start,
+)
 from ..schemas import ProjectCreate, ProjectPublic, ProjectUpdate, RowId, TaskAccepted
 from ..security import CurrentUserId, caller_of, unauthorized
-from .route_helpers import cached_page
+from .route_helpers import cached_page, viewer_parts
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +51,26 @@ ProjectId = RowId
 )
 async def list_projects(request: Request, params: OffsetDep) -> Response:
     viewer = caller_of(request)
+    resources = resources_of(request)
 
     async def items(db: queries.Db) -> bytes:
+        async def id_at(position: int) -> int | None:
+            return await queries.project_id_at(db, position, viewer=viewer)
+
+        start = await page_start(
+            resources.cache, LIST_NAMESPACE, viewer_parts(viewer), params.offset, id_at
+        )
         return await queries.project_page_json(
-            db, offset=params.offset, limit=params.page_size, viewer=viewer
+            db,
+            after_id=start.after_id,
+            offset=start.offset,
+            limit=params.page_size,
+            viewer=viewer,
         )
 
     async def count(db: queries.Db) -> int:
         return await queries.count_projects(db, viewer)
 
-    resources = resources_of(request)
     return await cached_page(
         request, resources, LIST_NAMESPACE, params, viewer=viewer, items=items, count=count
     )

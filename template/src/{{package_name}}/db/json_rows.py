@@ -2,15 +2,18 @@
 autocommit connection.
 
 Declare a ``Shape`` (which column feeds which field of the response model) and a ``JsonRows``
-(the statement: joins, filter, order, limit); ``fetch`` returns one JSON document per row,
-written by the database (PostgreSQL's ``row_to_json``, SQLite's ``json_object``): no ORM
-objects, no Python row decoding, no validation; the bytes are the ones the response model would
-serialize (``tests/test_fast_reads.py`` checks it on both).
+(the statement: joins, filter, order, limit); ``read`` (or ``fetch`` on a connection of yours)
+returns one JSON document per row, written by the database (PostgreSQL's ``row_to_json``,
+SQLite's ``json_object``): no ORM objects, no Python row decoding, no validation; the bytes are
+the ones the response model would serialize (``tests/test_fast_reads.py`` checks it on both).
 
-Reads run on an autocommit connection (``read_connection``): a single statement needs no
-transaction, so no BEGIN and ROLLBACK round trips around it. The statement is built once per
-dialect; on PostgreSQL it is compiled once too and each call runs it on asyncpg itself
-(``engine.fetch_on_driver``: still timed, logged and turned into a 503 in an outage).
+Reads run outside a transaction: a single statement needs none, so no BEGIN and ROLLBACK round
+trips around it. The statement is built once per dialect; on PostgreSQL it is compiled once too
+and each call runs it on asyncpg itself (``engine.fetch_on_driver``: still timed, logged and
+turned into a 503 in an outage), prepared once per connection by asyncpg's statement cache
+(behind PgBouncer, parsed with each run), and ``read`` takes its connection from the pool
+without an ``AsyncConnection`` around it (``engine.driver_connection``). SQLite's reads run on
+an autocommit connection (``read_connection``).
 """
 
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -31,8 +34,10 @@ from sqlalchemy import (
     func,
     inspect,
     literal,
+    literal_column,
     select,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import QueryableAttribute
@@ -40,7 +45,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from .engine import fetch_on_driver
+from .engine import driver_connection, fetch_on_driver
 
 # Types whose JSON text from PostgreSQL and SQLite is byte for byte Pydantic's (or made so
 # below). Anything else (floats, decimals, JSON columns) is refused rather than risk other bytes.
@@ -144,7 +149,7 @@ class JsonRows:
         self._keys = tuple(_expression(key) for key in keys)
         self._over = over
         self._statements: dict[str, Select[Any]] = {}
-        self._compiled: tuple[str, tuple[str, ...], dict[str, Any]] | None = None
+        self._compiled: dict[bool, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
 
     def statement(self, dialect: str) -> Select[Any]:
         if dialect not in self._statements:
@@ -161,29 +166,74 @@ class JsonRows:
             self._statements[dialect] = statement
         return self._statements[dialect]
 
+    def array_statement(self) -> Select[Any]:
+        """PostgreSQL: the ``over`` statement's rows as one JSON array, joined by the database
+        in the subquery's order (no JSON array of JSON to re-encode: ``json_agg`` would add
+        spaces). One text value instead of a row per item: ~50 us less CPU a page of 50 in
+        the service (in process; no Record, str and bytes per row)."""
+        assert self._over is not None, "an array needs the order of an ``over`` subquery"
+        row = cast(self.shape.json_column(), Text)
+        row_of_id = self._build(select(row)).scalar_subquery()
+        comma = literal_column("','", Text)
+        items = func.string_agg(row_of_id, comma, type_=Text).aggregate_order_by(*self._over.c)
+        array = literal("[") + func.coalesce(items, "") + literal("]")
+        return select(array).select_from(self._over)
+
+    async def read_array(self, engine: AsyncEngine, **params: Any) -> bytes:
+        """``json_array`` of ``read``'s rows (an ``over`` statement's); on PostgreSQL, written
+        by the database (``array_statement``)."""
+        if engine.dialect.name != "postgresql":
+            return json_array(await self.read(engine, **params))
+        sql, args = self._driver_args(engine.dialect, params, array=True)
+        async with driver_connection(engine) as sync_conn:
+            rows = await fetch_on_driver(sync_conn, sql, args)
+        array: str = rows[0][0]
+        return array.encode()
+
+    async def read(self, engine: AsyncEngine, **params: Any) -> list[JsonRow]:
+        """``fetch`` on a connection of its own: on PostgreSQL, one checked out for asyncpg
+        alone (``engine.driver_connection``), with no ``AsyncConnection`` around it."""
+        if engine.dialect.name != "postgresql":
+            async with read_connection(engine) as conn:
+                return await self.fetch(conn, **params)
+        sql, args = self._driver_args(engine.dialect, params)
+        async with driver_connection(engine) as sync_conn:
+            rows = await fetch_on_driver(sync_conn, sql, args)
+        return [JsonRow(json.encode(), tuple(keys)) for json, *keys in rows]
+
     async def fetch(self, conn: AsyncConnection, **params: Any) -> list[JsonRow]:
         rows: Iterable[Sequence[Any]]
         if conn.dialect.name == "postgresql":
-            sql, names, fixed = self._driver_sql(conn)
-            try:
-                args = [params[name] if name in params else fixed[name] for name in names]
-            except KeyError as missing:
-                raise TypeError(f"fetch() needs a value for bindparam {missing}") from None
-            rows = await fetch_on_driver(conn, sql, args)
+            sql, args = self._driver_args(conn.dialect, params)
+            sync_conn = conn.sync_connection
+            assert sync_conn is not None, "fetch needs a started connection"
+            rows = await fetch_on_driver(sync_conn, sql, args)
         else:
             rows = await conn.execute(self.statement(conn.dialect.name), params)
         return [JsonRow(json.encode(), tuple(keys)) for json, *keys in rows]
 
-    def _driver_sql(self, conn: AsyncConnection) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    def _driver_args(
+        self, dialect: Dialect, params: dict[str, Any], *, array: bool = False
+    ) -> tuple[str, list[Any]]:
+        sql, names, fixed = self._driver_sql(dialect, array=array)
+        try:
+            return sql, [params[name] if name in params else fixed[name] for name in names]
+        except KeyError as missing:
+            raise TypeError(f"fetch() needs a value for bindparam {missing}") from None
+
+    def _driver_sql(
+        self, dialect: Dialect, *, array: bool = False
+    ) -> tuple[str, tuple[str, ...], dict[str, Any]]:
         """The PostgreSQL statement compiled once, for asyncpg: its SQL ($1, $2, ...), the
         names of its parameters in order, and the values of those fixed in the statement
         (a ``bindparam`` without a value is the caller's to give). Values go to asyncpg as
         they are: ints, strings, datetimes, the types it encodes itself."""
-        if self._compiled is None:
-            compiled = self.statement("postgresql").compile(dialect=conn.dialect)
+        if array not in self._compiled:
+            statement = self.array_statement() if array else self.statement("postgresql")
+            compiled = statement.compile(dialect=dialect)
             fixed = {name: bind.value for name, bind in compiled.binds.items() if not bind.required}
-            self._compiled = (compiled.string, tuple(compiled.positiontup or ()), fixed)
-        return self._compiled
+            self._compiled[array] = (compiled.string, tuple(compiled.positiontup or ()), fixed)
+        return self._compiled[array]
 
 
 def json_array(rows: list[JsonRow]) -> bytes:
