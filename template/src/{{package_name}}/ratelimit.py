@@ -37,7 +37,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .middleware import append_headers
-from .security import verified_user_id
+from .security import bearer_user_id
 from .settings import RateLimitSettings, Settings
 
 logger = logging.getLogger(__name__)
@@ -227,11 +227,9 @@ def caller_key(scope: Scope, settings: Settings, trusted_proxy_hops: int) -> str
     """``user:<id>`` for a valid bearer token (verified once per request), else ``ip:<addr>``."""
     authorization = _header(scope, b"authorization")
     if authorization is not None:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            user_id = verified_user_id(scope, settings, token.strip())
-            if user_id is not None:
-                return f"user:{user_id}"
+        user_id = bearer_user_id(scope, settings, authorization)
+        if user_id is not None:
+            return f"user:{user_id}"
     return f"ip:{client_address(scope, trusted_proxy_hops)}"
 
 

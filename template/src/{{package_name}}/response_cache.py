@@ -30,7 +30,7 @@ from .http_cache import CACHED_ANSWER, json_answer, not_modified
 from .lru_store import LruStore
 from .observability.metrics import record_cache_lookup
 from .observability.request_log import ROUTE_TEMPLATE, route_template
-from .security import verified_user_id
+from .security import bearer_user_id
 from .settings import Settings
 
 # A variant's headers and what they cost beside its body, for the store's byte bound.
@@ -77,11 +77,7 @@ def _caller(scope: Scope, settings: Settings, authorization: bytes | None) -> st
     route must decide (credentials that are not a valid bearer token)."""
     if authorization is None:
         return "-"
-    scheme, _, token = authorization.decode("latin-1").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return None
-    user_id = verified_user_id(scope, settings, token)
+    user_id = bearer_user_id(scope, settings, authorization.decode("latin-1"))
     return None if user_id is None else str(user_id)
 
 

@@ -182,6 +182,19 @@ def user_id_of_token(settings: Settings, token: str) -> int | None:
 _VERIFIED = "verified_token"
 
 
+def bearer_user_id(
+    scope: MutableMapping[str, Any], settings: Settings, authorization: str
+) -> int | None:
+    """The user id of an ``Authorization`` header's valid bearer token, verified once per
+    request; None for any other credentials (another scheme, no token, a token that does not
+    verify)."""
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return verified_user_id(scope, settings, token)
+
+
 def verified_user_id(scope: MutableMapping[str, Any], settings: Settings, token: str) -> int | None:
     """``user_id_of_token``, once per request and token."""
     state = scope.setdefault("state", {})

@@ -184,9 +184,7 @@ class JsonRows:
         by the database (``array_statement``)."""
         if engine.dialect.name != "postgresql":
             return json_array(await self.read(engine, **params))
-        sql, args = self._driver_args(engine.dialect, params, array=True)
-        async with driver_connection(engine) as sync_conn:
-            rows = await fetch_on_driver(sync_conn, sql, args)
+        rows = await self._read_on_driver(engine, params, array=True)
         array: str = rows[0][0]
         return array.encode()
 
@@ -196,10 +194,15 @@ class JsonRows:
         if engine.dialect.name != "postgresql":
             async with read_connection(engine) as conn:
                 return await self.fetch(conn, **params)
-        sql, args = self._driver_args(engine.dialect, params)
-        async with driver_connection(engine) as sync_conn:
-            rows = await fetch_on_driver(sync_conn, sql, args)
+        rows = await self._read_on_driver(engine, params)
         return [JsonRow(json.encode(), tuple(keys)) for json, *keys in rows]
+
+    async def _read_on_driver(
+        self, engine: AsyncEngine, params: dict[str, Any], *, array: bool = False
+    ) -> Sequence[Any]:
+        sql, args = self._driver_args(engine.dialect, params, array=array)
+        async with driver_connection(engine) as sync_conn:
+            return await fetch_on_driver(sync_conn, sql, args)
 
     async def fetch(self, conn: AsyncConnection, **params: Any) -> list[JsonRow]:
         rows: Iterable[Sequence[Any]]
