@@ -12,7 +12,7 @@ trips around it. The statement is built once per dialect; on PostgreSQL it is co
 and each call runs it on asyncpg itself (``engine.fetch_on_driver``: still timed, logged and
 turned into a 503 in an outage), prepared once per connection by asyncpg's statement cache
 (behind PgBouncer, parsed with each run), and ``read`` takes its connection from the pool
-without an ``AsyncConnection`` around it (``engine.driver_connection``). SQLite's reads run on
+without an ``AsyncConnection`` around it (``engine.read_on_driver``). SQLite's reads run on
 an autocommit connection (``read_connection``).
 """
 
@@ -45,7 +45,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from .engine import driver_connection, fetch_on_driver
+from .engine import fetch_on_driver, read_on_driver
 
 # Types whose JSON text from PostgreSQL and SQLite is byte for byte Pydantic's (or made so
 # below). Anything else (floats, decimals, JSON columns) is refused rather than risk other bytes.
@@ -190,7 +190,7 @@ class JsonRows:
 
     async def read(self, engine: AsyncEngine, **params: Any) -> list[JsonRow]:
         """``fetch`` on a connection of its own: on PostgreSQL, one checked out for asyncpg
-        alone (``engine.driver_connection``), with no ``AsyncConnection`` around it."""
+        alone (``engine.read_on_driver``), with no ``AsyncConnection`` around it."""
         if engine.dialect.name != "postgresql":
             async with read_connection(engine) as conn:
                 return await self.fetch(conn, **params)
@@ -201,8 +201,7 @@ class JsonRows:
         self, engine: AsyncEngine, params: dict[str, Any], *, array: bool = False
     ) -> Sequence[Any]:
         sql, args = self._driver_args(engine.dialect, params, array=array)
-        async with driver_connection(engine) as sync_conn:
-            return await fetch_on_driver(sync_conn, sql, args)
+        return await read_on_driver(engine, sql, args)
 
     async def fetch(self, conn: AsyncConnection, **params: Any) -> list[JsonRow]:
         rows: Iterable[Sequence[Any]]

@@ -1,15 +1,16 @@
 """Request ids and the access log: one pure ASGI middleware, the outermost one.
 
-Every request gets an id: the client's ``X-Request-ID`` when it is a sane token, a fresh uuid4
-otherwise. It is returned in the response's ``X-Request-ID`` header and stamped on every log line
-written while the request runs (see ``logs.py``), so one grep finds all of a request's lines.
+Every request gets an id: the client's ``X-Request-ID`` when it is a sane token, 128 fresh
+random bits otherwise (``new_request_id``). It is returned in the response's ``X-Request-ID``
+header and stamped on every log line written while the request runs (see ``logs.py``), so one
+grep finds all of a request's lines.
 """
 
 import asyncio
 import logging
+import random
 import re
 import time
-import uuid
 from collections.abc import Callable
 from urllib.parse import quote
 
@@ -76,6 +77,14 @@ def unmatched_path(scope: Scope) -> str:
     raw = scope.get("raw_path") or scope["path"].encode()
     path = quote(raw, safe="/%:@!$&'()*+,;=~")
     return path if len(path) <= LOGGED_PATH_CHARS else path[:LOGGED_PATH_CHARS] + "..."
+
+
+def new_request_id() -> str:
+    """32 hex digits of 128 random bits, as ``uuid.uuid4().hex`` reads. Not a secret (it is
+    sent back and logged), so the random module serves it: 0.6 us against uuid4's 3.4 us here
+    (a system call for the system's random source, then the UUID object), on every request. The
+    random module reseeds itself in a forked worker, so workers never repeat each other's ids."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def incoming_request_id(scope: Scope) -> str | None:
@@ -145,7 +154,7 @@ class AccessLogMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = incoming_request_id(scope) or uuid.uuid4().hex
+        request_id = incoming_request_id(scope) or new_request_id()
         token = current_request_id.set(request_id)
         self.in_flight.enter()
         start = time.perf_counter()
