@@ -3,7 +3,9 @@
 ``python -m <package>_bench.load '<json spec>'`` prints one JSON line, a ``LoadResult`` (``-``
 instead of the spec: read it from stdin, for bodies too big for an argument): ``connections``
 keep-alive connections send requests back to back for ``duration`` seconds; the responses
-completed by then count.
+completed by then count. If none has completed by then (a cold route on a loaded machine), the
+window lasts until one does, at most ``GRACE_SECONDS`` more, and the rate is over the time it
+lasted: a short run never reports 0 req/s for a route that answers.
 
 It imports only the standard library (and uvloop when present), so it starts in milliseconds and
 uses one core: the bench pins it to a different core from the server's.
@@ -14,6 +16,9 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+
+# How long past its end a window waits for its first response (wrk's --timeout in the bench).
+GRACE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -85,12 +90,17 @@ async def read_response(reader: asyncio.StreamReader, *, head_request: bool = Fa
 class Timed:
     errors: int = 0  # a status of 400 or more, or a transport error
     latencies: list[float] = field(default_factory=list)  # one a response completed in time
+    last_done: float = 0.0  # when the last counted response completed
+
+    def open(self, now: float, end: float) -> bool:
+        """Whether the window is still open: before its end, or past it with nothing counted."""
+        return now < end or (not self.latencies and now < end + GRACE_SECONDS)
 
 
 async def _timed_worker(spec: Spec, request: bytes, end: float, out: Timed) -> None:
     reader, writer = await asyncio.open_connection(spec.host, spec.port)
     try:
-        while (sent := time.perf_counter()) < end:
+        while out.open(sent := time.perf_counter(), end):
             try:
                 writer.write(request)
                 response = await read_response(reader, head_request=spec.method == "HEAD")
@@ -100,8 +110,9 @@ async def _timed_worker(spec: Spec, request: bytes, end: float, out: Timed) -> N
                 reader, writer = await asyncio.open_connection(spec.host, spec.port)
                 continue
             done = time.perf_counter()
-            if done < end:
+            if out.open(done, end):
                 out.latencies.append(done - sent)
+                out.last_done = done
                 if response.status >= 400:
                     out.errors += 1
     finally:
@@ -117,14 +128,16 @@ def _percentile(sorted_values: list[float], fraction: float) -> float:
 
 async def run_timed(spec: Spec) -> LoadResult:
     request = spec.request()
-    end = time.perf_counter() + spec.duration
+    start = time.perf_counter()
+    end = start + spec.duration
     out = Timed()
     await asyncio.gather(*(_timed_worker(spec, request, end, out) for _ in range(spec.connections)))
     latencies = sorted(out.latencies)
+    seconds = max(spec.duration, out.last_done - start)
     return LoadResult(
         requests=len(latencies),
-        seconds=spec.duration,
-        rps=len(latencies) / spec.duration,
+        seconds=seconds,
+        rps=len(latencies) / seconds,
         errors=out.errors,
         p50_ms=_percentile(latencies, 0.50) * 1000,
         p99_ms=_percentile(latencies, 0.99) * 1000,
