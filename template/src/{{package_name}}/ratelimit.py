@@ -9,11 +9,12 @@ the cache's store: Redis, shared by every process and replica, or this process's
   X-Forwarded-For entries were added by proxies of ours). A token is verified once per request:
   the routes reuse the answer (security.verified_user_id).
 - Fixed windows: one counter per key and window, an INCR and EXPIRE script in Redis. Moving
-  windows would keep a timestamp per request in Redis, and cost more per check. In Redis a
-  round trip per request cost more CPU than the rest of a cached answer, so requests are sent
-  in batches of 1% of the limit (``RateLimits._batched``). A key found over its limit is
-  remembered in this process until its window ends: a flood of refused requests costs no
-  round trip at all.
+  windows would keep a timestamp per request in Redis, and cost more per check. Requests are
+  counted here and sent to the store in batches of 1% of the limit (``RateLimits._batched``):
+  in Redis a round trip per request cost more CPU than the rest of a cached answer; in memory
+  the library's calls (count, then the window's state for the RateLimit-* headers) were 40% of
+  a cached answer. A key found over its limit is remembered in this process until its window
+  ends: a flood of refused requests costs no round trip at all.
 - The lockout (``sign_in_attempt``) counts sign-in attempts per account in a moving window, before
   the password is hashed, and forgets them when a sign-in succeeds: after ``lockout_failures``
   failures within ``lockout_seconds``, every attempt is refused until the oldest one leaves the
@@ -92,6 +93,9 @@ class RateLimits:
         self._refused: dict[str, float] = {}
         # Requests counted here, not yet in the store, and until when (monotonic) they count.
         self._pending: dict[str, tuple[int, float]] = {}
+        # Memory store: what was left of a key's window after its last batch, and when
+        # (time.time()) the window ends: the headers of the requests counted here since.
+        self._left: dict[str, tuple[int, float]] = {}
         self._up = True
         self._retry_at = 0.0
 
@@ -134,6 +138,7 @@ class RateLimits:
         cost = self._batched(limit, key)
         if cost == 0:
             return None
+        self._left.pop(key, None)
         if await self._ask(lambda: self._windows.hit(limit, caller, cost=cost), True):
             return None
         stats = await self._ask(lambda: self._windows.get_window_stats(limit, caller), None)
@@ -144,12 +149,13 @@ class RateLimits:
         return Refusal(limit, _seconds_until(ends))
 
     def _batched(self, limit: RateLimitItem, key: str) -> int:
-        """How many requests to count in the store now: 1 in memory. In Redis a round trip
-        per request was most of a cached answer's cost, so requests are counted here and sent
-        in batches of 1% of the limit (at most MAX_BATCH): this process may let through up
-        to a batch more than the limit, or leave a batch uncounted at a window's end. 0: the
-        request is counted here only."""
-        batch = min(MAX_BATCH, limit.amount // 100) if self.shared else 1
+        """How many requests to count in the store now; 0: the request is counted here only.
+        Batches are 1% of the limit (at most MAX_BATCH; a limit under 200 counts every request
+        in the store). In memory a batch also goes as soon as it would use up what was left of
+        the window, so the count stays exact. In Redis other processes count too: this process
+        may let through up to a batch more than the limit, or leave a batch uncounted at a
+        window's end."""
+        batch = min(MAX_BATCH, limit.amount // 100)
         if batch <= 1:
             return 1
         now = time.monotonic()
@@ -157,7 +163,8 @@ class RateLimits:
         if until <= now:  # what was counted here belonged to an earlier window
             count, until = 0, now + limit.get_expiry()
         count += 1
-        if count >= batch:
+        left = self._left.get(key)
+        if count >= batch or (left is not None and count >= left[0]):
             return count
         if len(self._pending) >= MAX_REFUSED_KEYS:
             self._pending.pop(next(iter(self._pending)))
@@ -166,13 +173,22 @@ class RateLimits:
 
     async def remaining(self, limit: RateLimitItem, caller: str) -> tuple[int, int] | None:
         """What is left of ``caller``'s window and the seconds until it ends; None when it
-        would cost a round trip (Redis) or the store does not answer."""
+        would cost a round trip (Redis) or the store does not answer. The store is asked once
+        per batch (``_batched``), the requests counted here since are taken off its answer."""
         if self.shared:
             return None
-        stats = await self._ask(lambda: self._windows.get_window_stats(limit, caller), None)
-        if stats is None:
-            return None
-        return stats.remaining, _seconds_until(stats.reset_time)
+        key = limit.key_for(caller)
+        left = self._left.get(key)
+        if left is None or left[1] <= time.time():
+            stats = await self._ask(lambda: self._windows.get_window_stats(limit, caller), None)
+            if stats is None:
+                return None
+            if len(self._left) >= MAX_REFUSED_KEYS:
+                self._left.pop(next(iter(self._left)))
+            left = self._left[key] = (stats.remaining, stats.reset_time)
+        count, until = self._pending.get(key, (0, 0.0))
+        counted_here = count if until > time.monotonic() else 0
+        return max(0, left[0] - counted_here), _seconds_until(left[1])
 
     # --- sign-in lockout
 

@@ -8,12 +8,12 @@ SQLite's ``json_object``): no ORM objects, no Python row decoding, no validation
 the ones the response model would serialize (``tests/test_fast_reads.py`` checks it on both).
 
 Reads run outside a transaction: a single statement needs none, so no BEGIN and ROLLBACK round
-trips around it. The statement is built once per dialect; on PostgreSQL it is compiled once too
-and each call runs it on asyncpg itself (``engine.fetch_on_driver``: still timed, logged and
-turned into a 503 in an outage), prepared once per connection by asyncpg's statement cache
-(behind PgBouncer, parsed with each run), and ``read`` takes its connection from the pool
-without an ``AsyncConnection`` around it (``engine.read_on_driver``). SQLite's reads run on
-an autocommit connection (``read_connection``).
+trips around it. The statement is built and compiled once per dialect, and each call runs it on
+the driver itself (``engine.fetch_on_driver``: still timed, logged and turned into a 503 in an
+outage): on asyncpg, prepared once per connection by its statement cache (behind PgBouncer,
+parsed with each run); on aiosqlite, statement and fetch in one hop to its thread. ``read``
+takes its connection from the pool without an ``AsyncConnection`` around it
+(``engine.read_on_driver``).
 """
 
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -122,6 +122,14 @@ class JsonRow(NamedTuple):
     keys: tuple[Any, ...]
 
 
+class _Compiled(NamedTuple):
+    sql: str
+    names: tuple[str, ...]
+    fixed: dict[str, Any]
+    bind_processors: tuple[Callable[[Any], Any] | None, ...]
+    key_processors: tuple[Callable[[Any], Any] | None, ...]
+
+
 class JsonRows:
     """One read statement whose rows are ``shape``'s model as JSON.
 
@@ -149,7 +157,7 @@ class JsonRows:
         self._keys = tuple(_expression(key) for key in keys)
         self._over = over
         self._statements: dict[str, Select[Any]] = {}
-        self._compiled: dict[bool, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
+        self._compiled: dict[tuple[str, bool], _Compiled] = {}
 
     def statement(self, dialect: str) -> Select[Any]:
         if dialect not in self._statements:
@@ -184,58 +192,76 @@ class JsonRows:
         by the database (``array_statement``)."""
         if engine.dialect.name != "postgresql":
             return json_array(await self.read(engine, **params))
-        rows = await self._read_on_driver(engine, params, array=True)
+        sql, args = self._driver_args(engine.dialect, params, array=True)
+        rows = await read_on_driver(engine, sql, args)
         array: str = rows[0][0]
         return array.encode()
 
     async def read(self, engine: AsyncEngine, **params: Any) -> list[JsonRow]:
-        """``fetch`` on a connection of its own: on PostgreSQL, one checked out for asyncpg
-        alone (``engine.read_on_driver``), with no ``AsyncConnection`` around it."""
-        if engine.dialect.name != "postgresql":
-            async with read_connection(engine) as conn:
-                return await self.fetch(conn, **params)
-        rows = await self._read_on_driver(engine, params)
-        return [JsonRow(json.encode(), tuple(keys)) for json, *keys in rows]
-
-    async def _read_on_driver(
-        self, engine: AsyncEngine, params: dict[str, Any], *, array: bool = False
-    ) -> Sequence[Any]:
-        sql, args = self._driver_args(engine.dialect, params, array=array)
-        return await read_on_driver(engine, sql, args)
+        """``fetch`` on a connection of its own, checked out for the driver alone
+        (``engine.read_on_driver``), with no ``AsyncConnection`` around it."""
+        sql, args = self._driver_args(engine.dialect, params)
+        return self._json_rows(engine.dialect, await read_on_driver(engine, sql, args))
 
     async def fetch(self, conn: AsyncConnection, **params: Any) -> list[JsonRow]:
-        rows: Iterable[Sequence[Any]]
-        if conn.dialect.name == "postgresql":
-            sql, args = self._driver_args(conn.dialect, params)
-            sync_conn = conn.sync_connection
-            assert sync_conn is not None, "fetch needs a started connection"
-            rows = await fetch_on_driver(sync_conn, sql, args)
-        else:
-            rows = await conn.execute(self.statement(conn.dialect.name), params)
-        return [JsonRow(json.encode(), tuple(keys)) for json, *keys in rows]
+        sql, args = self._driver_args(conn.dialect, params)
+        sync_conn = conn.sync_connection
+        assert sync_conn is not None, "fetch needs a started connection"
+        return self._json_rows(conn.dialect, await fetch_on_driver(sync_conn, sql, args))
+
+    def _json_rows(self, dialect: Dialect, rows: Iterable[Sequence[Any]]) -> list[JsonRow]:
+        convert = self._compile(dialect, array=False).key_processors
+        if not any(convert):
+            return [JsonRow(json.encode(), tuple(keys)) for json, *keys in rows]
+        return [
+            JsonRow(
+                json.encode(),
+                tuple(
+                    value if to is None else to(value)
+                    for to, value in zip(convert, keys, strict=True)
+                ),
+            )
+            for json, *keys in rows
+        ]
 
     def _driver_args(
         self, dialect: Dialect, params: dict[str, Any], *, array: bool = False
     ) -> tuple[str, list[Any]]:
-        sql, names, fixed = self._driver_sql(dialect, array=array)
-        try:
-            return sql, [params[name] if name in params else fixed[name] for name in names]
-        except KeyError as missing:
-            raise TypeError(f"fetch() needs a value for bindparam {missing}") from None
+        compiled = self._compile(dialect, array=array)
+        args = []
+        for name, to_driver in zip(compiled.names, compiled.bind_processors, strict=True):
+            try:
+                value = params[name] if name in params else compiled.fixed[name]
+            except KeyError:
+                raise TypeError(f"fetch() needs a value for bindparam {name!r}") from None
+            args.append(value if to_driver is None else to_driver(value))
+        return compiled.sql, args
 
-    def _driver_sql(
-        self, dialect: Dialect, *, array: bool = False
-    ) -> tuple[str, tuple[str, ...], dict[str, Any]]:
-        """The PostgreSQL statement compiled once, for asyncpg: its SQL ($1, $2, ...), the
-        names of its parameters in order, and the values of those fixed in the statement
-        (a ``bindparam`` without a value is the caller's to give). Values go to asyncpg as
-        they are: ints, strings, datetimes, the types it encodes itself."""
-        if array not in self._compiled:
-            statement = self.array_statement() if array else self.statement("postgresql")
+    def _compile(self, dialect: Dialect, *, array: bool) -> _Compiled:
+        """The statement compiled once per dialect for its driver: the SQL (``$1`` for asyncpg,
+        ``?`` for aiosqlite), the names of its parameters in order, the values of those fixed
+        in the statement (a ``bindparam`` without a value is the caller's to give), and the
+        conversions SQLAlchemy would apply on the way in (per parameter) and out (per key
+        column): a SQLite timestamp is text, a SQLite boolean 0 or 1."""
+        cache_key = (dialect.name, array)
+        if cache_key not in self._compiled:
+            statement = self.array_statement() if array else self.statement(dialect.name)
             compiled = statement.compile(dialect=dialect)
-            fixed = {name: bind.value for name, bind in compiled.binds.items() if not bind.required}
-            self._compiled[array] = (compiled.string, tuple(compiled.positiontup or ()), fixed)
-        return self._compiled[array]
+            names = tuple(compiled.positiontup or ())
+            binds = compiled.binds
+            self._compiled[cache_key] = _Compiled(
+                sql=compiled.string,
+                names=names,
+                fixed={name: bind.value for name, bind in binds.items() if not bind.required},
+                bind_processors=tuple(
+                    binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
+                ),
+                key_processors=tuple(
+                    key.type.dialect_impl(dialect).result_processor(dialect, None)
+                    for key in self._keys
+                ),
+            )
+        return self._compiled[cache_key]
 
 
 def json_array(rows: list[JsonRow]) -> bytes:
