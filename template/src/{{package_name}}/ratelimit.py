@@ -64,6 +64,14 @@ class Refusal:
     retry_after: int
 
 
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """A request let through, with what is left of its window and the seconds until it ends."""
+
+    remaining: int
+    reset_after: int
+
+
 def _seconds_until(reset_time: float) -> int:
     return max(1, math.ceil(reset_time - time.time()))
 
@@ -127,8 +135,9 @@ class RateLimits:
     def limit_for(self, method: str, path: str, credential_paths: frozenset[str]) -> RateLimitItem:
         return self.credentials if method == "POST" and path in credential_paths else self.default
 
-    async def hit(self, limit: RateLimitItem, caller: str) -> Refusal | None:
-        """Count one request of ``caller`` against ``limit``; a Refusal when it is over."""
+    async def hit(self, limit: RateLimitItem, caller: str) -> Refusal | Counted | None:
+        """Count one request of ``caller`` against ``limit``: a Refusal when it is over; else
+        what is left of the window when that costs no round trip (the memory store), or None."""
         key = limit.key_for(caller)
         ends = self._refused.get(key)
         if ends is not None:
@@ -136,11 +145,13 @@ class RateLimits:
                 return Refusal(limit, _seconds_until(ends))
             del self._refused[key]
         cost = self._batched(limit, key)
-        if cost == 0:
-            return None
-        self._left.pop(key, None)
-        if await self._ask(lambda: self._windows.hit(limit, caller, cost=cost), True):
-            return None
+        if cost:
+            self._left.pop(key, None)
+            if not await self._ask(lambda: self._windows.hit(limit, caller, cost=cost), True):
+                return await self._refuse(limit, caller, key)
+        return None if self.shared else await self._counted(limit, caller, key)
+
+    async def _refuse(self, limit: RateLimitItem, caller: str, key: str) -> Refusal:
         stats = await self._ask(lambda: self._windows.get_window_stats(limit, caller), None)
         ends = time.time() + limit.get_expiry() if stats is None else stats.reset_time
         if len(self._refused) >= MAX_REFUSED_KEYS:
@@ -150,7 +161,8 @@ class RateLimits:
 
     def _batched(self, limit: RateLimitItem, key: str) -> int:
         """How many requests to count in the store now; 0: the request is counted here only.
-        Batches are 1% of the limit (at most MAX_BATCH; a limit under 200 counts every request
+        The first request of a window goes at once (it opens the window in the store), then
+        batches of 1% of the limit (at most MAX_BATCH; a limit under 200 counts every request
         in the store). In memory a batch also goes as soon as it would use up what was left of
         the window, so the count stays exact. In Redis other processes count too: this process
         may let through up to a batch more than the limit, or leave a batch uncounted at a
@@ -160,24 +172,22 @@ class RateLimits:
             return 1
         now = time.monotonic()
         count, until = self._pending.pop(key, (0, 0.0))
-        if until <= now:  # what was counted here belonged to an earlier window
-            count, until = 0, now + limit.get_expiry()
-        count += 1
-        left = self._left.get(key)
-        if count >= batch or (left is not None and count >= left[0]):
-            return count
+        if until <= now:
+            count, until, send = 0, now + limit.get_expiry(), 1
+        else:
+            count += 1
+            left = self._left.get(key)
+            send = count if count >= batch or (left is not None and count >= left[0]) else 0
+            if send:
+                count = 0
         if len(self._pending) >= MAX_REFUSED_KEYS:
             self._pending.pop(next(iter(self._pending)))
         self._pending[key] = (count, until)
-        return 0
+        return send
 
-    async def remaining(self, limit: RateLimitItem, caller: str) -> tuple[int, int] | None:
-        """What is left of ``caller``'s window and the seconds until it ends; None when it
-        would cost a round trip (Redis) or the store does not answer. The store is asked once
-        per batch (``_batched``), the requests counted here since are taken off its answer."""
-        if self.shared:
-            return None
-        key = limit.key_for(caller)
+    async def _counted(self, limit: RateLimitItem, caller: str, key: str) -> Counted | None:
+        """What is left of the window: the store's answer at the last batch (asked once per
+        batch), less the requests counted here since. None when the store does not answer."""
         left = self._left.get(key)
         if left is None or left[1] <= time.time():
             stats = await self._ask(lambda: self._windows.get_window_stats(limit, caller), None)
@@ -186,9 +196,8 @@ class RateLimits:
             if len(self._left) >= MAX_REFUSED_KEYS:
                 self._left.pop(next(iter(self._left)))
             left = self._left[key] = (stats.remaining, stats.reset_time)
-        count, until = self._pending.get(key, (0, 0.0))
-        counted_here = count if until > time.monotonic() else 0
-        return max(0, left[0] - counted_here), _seconds_until(left[1])
+        counted_here = self._pending.get(key, (0, 0.0))[0]
+        return Counted(max(0, left[0] - counted_here), _seconds_until(left[1]))
 
     # --- sign-in lockout
 
@@ -284,25 +293,23 @@ class RateLimitMiddleware:
             return
         limit = limits.limit_for(scope["method"], scope["path"], self.credential_paths)
         caller = caller_key(scope, resources.settings, limits.trusted_proxy_hops)
-        refusal = await limits.hit(limit, caller)
-        if refusal is not None:
+        counted = await limits.hit(limit, caller)
+        if isinstance(counted, Refusal):
             detail = f"rate limit of {limit} exceeded"
-            await too_many_requests(refusal, detail)(scope, receive, send)
+            await too_many_requests(counted, detail)(scope, receive, send)
             return
-        left = await limits.remaining(limit, caller)
-        if left is None:
+        if counted is None:
             await self.app(scope, receive, send)
             return
-        remaining, reset = left
+        headers = (
+            (b"ratelimit-limit", b"%d" % limit.amount),
+            (b"ratelimit-remaining", b"%d" % counted.remaining),
+            (b"ratelimit-reset", b"%d" % counted.reset_after),
+        )
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                append_headers(
-                    message,
-                    (b"ratelimit-limit", b"%d" % limit.amount),
-                    (b"ratelimit-remaining", b"%d" % remaining),
-                    (b"ratelimit-reset", b"%d" % reset),
-                )
+                append_headers(message, *headers)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -9,6 +9,7 @@ harmless and leaves other handlers (pytest's log capture) alone.
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -76,23 +77,42 @@ class JsonFormatter(logging.Formatter):
         return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self._time(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
+        fields = {
+            key: value for key, value in record.__dict__.items() if key not in _RECORD_ATTRIBUTES
         }
-        request_id = getattr(record, "request_id", "-")
+        if record.exc_info:
+            fields["exception"] = self.formatException(record.exc_info)
+        return self.line(
+            record.created,
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            getattr(record, "request_id", "-"),
+            getattr(record, "job_id", None),
+            fields,
+        )
+
+    def line(
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        message: str,
+        request_id: str,
+        job_id: int | None,
+        fields: dict[str, Any],
+    ) -> str:
+        entry: dict[str, Any] = {
+            "time": self._time(created),
+            "level": level,
+            "logger": logger,
+            "message": message,
+        }
         if request_id != "-":
             entry["request_id"] = request_id
-        job_id = getattr(record, "job_id", None)
         if job_id is not None:
             entry["job_id"] = job_id
-        entry.update(
-            (key, value) for key, value in record.__dict__.items() if key not in _RECORD_ATTRIBUTES
-        )
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        entry.update(fields)
         return to_json(entry, fallback=str).decode()
 
 
@@ -117,6 +137,50 @@ class _ServiceHandler(logging.StreamHandler[TextIO]):
     @stream.setter
     def stream(self, _stream: TextIO) -> None:
         pass
+
+    def write_json(self, level: str, logger: str, message: str, fields: dict[str, Any]) -> None:
+        """Write the line this handler would write for such a record, without the record
+        (``sole_json_handler`` says when that is the same thing)."""
+        formatter = self.formatter
+        assert isinstance(formatter, JsonFormatter)
+        request_id = current_request_id.get() or "-"
+        with self.lock:  # type: ignore[union-attr]  # created with the handler
+            line = formatter.line(
+                time.time(), level, logger, message, request_id, current_job_id.get(), fields
+            )
+            stream = self.stream
+            stream.write(line + self.terminator)
+            stream.flush()
+
+
+def sole_json_handler(logger: logging.Logger, level: int) -> _ServiceHandler | None:
+    """The service's handler (``configure_logging``, JSON lines) when it is the only thing a
+    record of ``logger`` at ``level`` would reach: no other handler or filter on the way, every
+    logger enabled and propagating. The access log then writes its line through
+    ``_ServiceHandler.write_json``, the same bytes without logging's dispatch (the record, the
+    filters, the walk up the loggers, two lock rounds): in a cached answer the line cost ~18 us
+    through logging, ~60% of it that dispatch. Any handler or filter of yours, pytest's log
+    capture, OpenTelemetry's log bridge: the line goes through logging as every other line."""
+    if not logger.isEnabledFor(level):
+        return None
+    current: logging.Logger | None = logger
+    while current is not None and current is not logging.root:
+        if current.handlers or current.filters or current.disabled or not current.propagate:
+            return None
+        current = current.parent
+    root = logging.root
+    if len(root.handlers) != 1 or root.filters or root.disabled:
+        return None
+    handler = root.handlers[0]
+    if (
+        type(handler) is not _ServiceHandler
+        or level < handler.level
+        or len(handler.filters) != 1
+        or type(handler.filters[0]) is not RequestIdFilter
+        or type(handler.formatter) is not JsonFormatter
+    ):
+        return None
+    return handler
 
 
 def log_format(settings: AppSettings) -> str:

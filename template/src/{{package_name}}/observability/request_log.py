@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import internal_error, shutting_down
 from ..middleware import append_headers
-from .logs import current_request_id
+from .logs import current_request_id, sole_json_handler
 
 REQUEST_ID_HEADER = b"x-request-id"
 # Letters, digits and ._- only: the id goes into log lines and headers, never anything else.
@@ -211,16 +211,13 @@ class AccessLogMiddleware:
                 level = logging.WARNING
                 line = f"{line}, {cut}"
                 facts.update(cut="shutdown", body_bytes=body_bytes)
-            access_logger.log(
-                level,
-                line,
-                scope["method"],
-                shown,
-                status,
-                duration_ms,
-                extra={**facts, "status": status, "duration_ms": round(duration_ms, 2)},
+            args = (scope["method"], shown, status, duration_ms)
+            fields = {**facts, "status": status, "duration_ms": round(duration_ms, 2)}
+            handler = sole_json_handler(access_logger, level) if level == logging.INFO else None
+            if handler is not None:
+                handler.write_json("INFO", access_logger.name, line % args, fields)
+            else:
                 # An unhandled error's traceback goes on the line that carries the request id.
-                exc_info=error,
-            )
+                access_logger.log(level, line, *args, extra=fields, exc_info=error)
             current_request_id.reset(token)
             self.in_flight.leave()
