@@ -60,9 +60,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.register_jobs = register_jobs  # the lifespan's job queue runs them (jobs.py)
+    # The API first: FastAPI tries routes in order (api/__init__.py), and it takes the traffic.
+    app.include_router(api_router)
     add_docs(app)
     app.include_router(health_router)
-    app.include_router(api_router)
     if settings.app.metrics_enabled:
         app.include_router(metrics_router)
 
