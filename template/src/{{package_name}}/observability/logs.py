@@ -158,9 +158,9 @@ def sole_json_handler(logger: logging.Logger, level: int) -> _ServiceHandler | N
     record of ``logger`` at ``level`` would reach: no other handler or filter on the way, every
     logger enabled and propagating. The access log then writes its line through
     ``_ServiceHandler.write_json``, the same bytes without logging's dispatch (the record, the
-    filters, the walk up the loggers, two lock rounds): in a cached answer the line cost ~18 us
-    through logging, ~60% of it that dispatch. Any handler or filter of yours, pytest's log
-    capture, OpenTelemetry's log bridge: the line goes through logging as every other line."""
+    filters, the walk up the loggers, two lock rounds): a cached answer took 43 us of CPU in
+    process with it, 31 us without. Any handler or filter of yours, pytest's log capture,
+    OpenTelemetry's log bridge: the line goes through logging as every other line."""
     if not logger.isEnabledFor(level):
         return None
     current: logging.Logger | None = logger
