@@ -17,7 +17,6 @@ from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response
 from ..cache_keys import LIST_NAMESPACE, invalidate_project, project_key
 from ..db import queries
 from ..db.engine import DatabaseUnavailable
-from ..db.json_rows import json_array
 from ..deps import CacheDep, DbDep, Resources, ResourcesDep, resources_of
 from ..errors import documented
 from ..http_cache import VARY, cached_json, json_with_etag
@@ -87,17 +86,15 @@ async def list_projects_by_cursor(
 ) -> Response:
     viewer = caller_of(request)
     async with queries.open_db(resources.engine) as db:
-        rows = await queries.projects_after_json(
-            db, params.after_id, limit=params.limit + 1, viewer=viewer
+        page = await queries.projects_after_json(
+            db, params.after_id, limit=params.limit, viewer=viewer
         )
-    has_more = len(rows) > params.limit
-    rows = rows[: params.limit]
-    cursor = next_cursor(resources.settings, rows[-1].keys[0]) if has_more else None
+    cursor = next_cursor(resources.settings, page.last_key) if page.more else None
     headers = {"Vary": VARY}
     if viewer is not None:
         headers["Cache-Control"] = "private"
     return Response(
-        cursor_page_json(json_array(rows), cursor), media_type="application/json", headers=headers
+        cursor_page_json(page.json, cursor), media_type="application/json", headers=headers
     )
 
 

