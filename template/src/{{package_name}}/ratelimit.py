@@ -72,6 +72,13 @@ class Counted:
     reset_after: int
 
 
+def _keep(kept: dict[str, T], key: str, value: T) -> None:
+    """``kept[key] = value``, forgetting the oldest key first when MAX_REFUSED_KEYS are kept."""
+    if key not in kept and len(kept) >= MAX_REFUSED_KEYS:
+        kept.pop(next(iter(kept)))
+    kept[key] = value
+
+
 def _seconds_until(reset_time: float) -> int:
     return max(1, math.ceil(reset_time - time.time()))
 
@@ -154,9 +161,7 @@ class RateLimits:
     async def _refuse(self, limit: RateLimitItem, caller: str, key: str) -> Refusal:
         stats = await self._ask(lambda: self._windows.get_window_stats(limit, caller), None)
         ends = time.time() + limit.get_expiry() if stats is None else stats.reset_time
-        if len(self._refused) >= MAX_REFUSED_KEYS:
-            self._refused.pop(next(iter(self._refused)))
-        self._refused[key] = ends
+        _keep(self._refused, key, ends)
         return Refusal(limit, _seconds_until(ends))
 
     def _batched(self, limit: RateLimitItem, key: str) -> int:
@@ -180,9 +185,7 @@ class RateLimits:
             send = count if count >= batch or (left is not None and count >= left[0]) else 0
             if send:
                 count = 0
-        if len(self._pending) >= MAX_REFUSED_KEYS:
-            self._pending.pop(next(iter(self._pending)))
-        self._pending[key] = (count, until)
+        _keep(self._pending, key, (count, until))
         return send
 
     async def _counted(self, limit: RateLimitItem, caller: str, key: str) -> Counted | None:
@@ -193,9 +196,8 @@ class RateLimits:
             stats = await self._ask(lambda: self._windows.get_window_stats(limit, caller), None)
             if stats is None:
                 return None
-            if len(self._left) >= MAX_REFUSED_KEYS:
-                self._left.pop(next(iter(self._left)))
-            left = self._left[key] = (stats.remaining, stats.reset_time)
+            left = (stats.remaining, stats.reset_time)
+            _keep(self._left, key, left)
         counted_here = self._pending.get(key, (0, 0.0))[0]
         return Counted(max(0, left[0] - counted_here), _seconds_until(left[1]))
 

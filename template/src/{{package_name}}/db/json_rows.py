@@ -232,8 +232,8 @@ class JsonRows:
             page = rows[:size]
             last_key = page[-1].keys[0] if page else None
             return KeysetRows(json_array(page), last_key, len(rows) > size)
-        sql, args = self._driver_args(engine.dialect, params, kind="keyset")
-        ((array, last_key, more),) = await read_on_driver(engine, sql, args)
+        compiled, args = self._driver_args(engine.dialect, params, kind="keyset")
+        ((array, last_key, more),) = await read_on_driver(engine, compiled.sql, args)
         return KeysetRows(array.encode(), last_key, more)
 
     async def read_array(self, engine: AsyncEngine, **params: Any) -> bytes:
@@ -241,41 +241,26 @@ class JsonRows:
         by the database (``array_statement``)."""
         if engine.dialect.name != "postgresql":
             return json_array(await self.read(engine, **params))
-        sql, args = self._driver_args(engine.dialect, params, kind="array")
-        rows = await read_on_driver(engine, sql, args)
+        compiled, args = self._driver_args(engine.dialect, params, kind="array")
+        rows = await read_on_driver(engine, compiled.sql, args)
         array: str = rows[0][0]
         return array.encode()
 
     async def read(self, engine: AsyncEngine, **params: Any) -> list[JsonRow]:
         """``fetch`` on a connection of its own, checked out for the driver alone
         (``engine.read_on_driver``), with no ``AsyncConnection`` around it."""
-        sql, args = self._driver_args(engine.dialect, params)
-        return self._json_rows(engine.dialect, await read_on_driver(engine, sql, args))
+        compiled, args = self._driver_args(engine.dialect, params)
+        return _json_rows(compiled, await read_on_driver(engine, compiled.sql, args))
 
     async def fetch(self, conn: AsyncConnection, **params: Any) -> list[JsonRow]:
-        sql, args = self._driver_args(conn.dialect, params)
+        compiled, args = self._driver_args(conn.dialect, params)
         sync_conn = conn.sync_connection
         assert sync_conn is not None, "fetch needs a started connection"
-        return self._json_rows(conn.dialect, await fetch_on_driver(sync_conn, sql, args))
-
-    def _json_rows(self, dialect: Dialect, rows: Iterable[Sequence[Any]]) -> list[JsonRow]:
-        convert = self._compile(dialect, kind="rows").key_processors
-        if not any(convert):
-            return [JsonRow(json.encode(), tuple(keys)) for json, *keys in rows]
-        return [
-            JsonRow(
-                json.encode(),
-                tuple(
-                    value if to is None else to(value)
-                    for to, value in zip(convert, keys, strict=True)
-                ),
-            )
-            for json, *keys in rows
-        ]
+        return _json_rows(compiled, await fetch_on_driver(sync_conn, compiled.sql, args))
 
     def _driver_args(
         self, dialect: Dialect, params: dict[str, Any], *, kind: str = "rows"
-    ) -> tuple[str, list[Any]]:
+    ) -> tuple[_Compiled, list[Any]]:
         compiled = self._compile(dialect, kind=kind)
         args = []
         for name, to_driver in zip(compiled.names, compiled.bind_processors, strict=True):
@@ -284,7 +269,7 @@ class JsonRows:
             except KeyError:
                 raise TypeError(f"fetch() needs a value for bindparam {name!r}") from None
             args.append(value if to_driver is None else to_driver(value))
-        return compiled.sql, args
+        return compiled, args
 
     def _compile(self, dialect: Dialect, *, kind: str) -> _Compiled:
         """The statement compiled once per dialect for its driver: the SQL (``$1`` for asyncpg,
@@ -316,6 +301,22 @@ class JsonRows:
                 ),
             )
         return self._compiled[cache_key]
+
+
+def _json_rows(compiled: _Compiled, rows: Iterable[Sequence[Any]]) -> list[JsonRow]:
+    """Rows of (json, *keys) as JsonRows, the keys converted as SQLAlchemy would."""
+    convert = compiled.key_processors
+    if not any(convert):
+        return [JsonRow(json.encode(), tuple(keys)) for json, *keys in rows]
+    return [
+        JsonRow(
+            json.encode(),
+            tuple(
+                value if to is None else to(value) for to, value in zip(convert, keys, strict=True)
+            ),
+        )
+        for json, *keys in rows
+    ]
 
 
 def json_array(rows: list[JsonRow]) -> bytes:
