@@ -2,9 +2,10 @@
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext, make_url
@@ -20,6 +21,7 @@ from sqlalchemy.util import await_only, greenlet_spawn
 
 from ..observability.timing import current_timings
 from ..settings import UPGRADE_ADVICE, DatabaseSettings
+from .read_pool import ReadPool
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +93,11 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         _roll_back_only_a_transaction(engine)
     if settings.pool_pre_ping:
         _ping_idle_connections(engine, idle_seconds=settings.pool_pre_ping_idle_seconds)
-    _instrument(engine, slow_query_seconds=settings.slow_query_ms / 1000)
-    _watch_availability(engine)
+    timed = _statement_timer(settings.slow_query_ms / 1000)
+    _instrument(engine, timed)
+    availability = _watch_availability(engine)
+    if not sqlite and settings.read_pool_size and not settings.echo:
+        _add_read_pool(engine, settings, availability, timed)
     return engine
 
 
@@ -193,18 +198,29 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 async def read_on_driver(engine: AsyncEngine, sql: str, args: Sequence[Any]) -> Sequence[Any]:
     """Run one read statement (``sql`` in the driver's own paramstyle) on the driver itself
-    (asyncpg, aiosqlite), on a pooled connection of its own (``fetch_on_driver``).
+    (asyncpg, aiosqlite), in autocommit.
 
-    Checked out and in by SQLAlchemy's own ``Connection``, so the pool's events (the pool
-    metrics, the ping after idle) and its error handling (an outage is DatabaseUnavailable) hold
-    as on every connection; but without the ``AsyncConnection`` around it and without an
-    isolation level to set and reset: nothing ever begins a transaction on it, so each statement
-    is its own (autocommit). Checkout, statement and checkin run in one greenlet (one instead of
-    three: 2.6% fewer instructions an uncached PostgreSQL page). On SQLite the read is one hop
-    to aiosqlite's thread, where SQLAlchemy's execution made five (cursor, execute, fetch, close,
-    and the pool's rollback). Nothing in the checkin awaits, so it completes even when the
-    request is cancelled."""
-    return await greenlet_spawn(_read_in_greenlet, engine.sync_engine, sql, args)
+    PostgreSQL: on the engine's read pool (read_pool.py), when it has one and nothing but the
+    service listens to statements. Otherwise on a connection of SQLAlchemy's pool, checked out
+    and in by SQLAlchemy's own ``Connection`` (``fetch_on_driver``), so the pool's events (the
+    pool metrics, the ping after idle) and its error handling (an outage is
+    DatabaseUnavailable) hold as on every connection; but without the ``AsyncConnection``
+    around it and without an isolation level to set and reset: nothing ever begins a
+    transaction on it. Checkout, statement and checkin run in one greenlet. On SQLite the read
+    is one hop to aiosqlite's thread, where SQLAlchemy's execution made five (cursor, execute,
+    fetch, close, and the pool's rollback). Nothing in the checkin awaits, so it completes even
+    when the request is cancelled."""
+    sync_engine = engine.sync_engine
+    pool = _READ_POOLS.get(sync_engine)
+    if pool is not None and not _others_listen(sync_engine.dispatch):
+        return await pool.fetch(sql, args)
+    return await greenlet_spawn(_read_in_greenlet, sync_engine, sql, args)
+
+
+def _others_listen(dispatch: Any) -> bool:
+    """Whether anything but ``_instrument`` listens to statements (OpenTelemetry's SQLAlchemy
+    instrumentation, a listener of yours): then it must see them, run by SQLAlchemy."""
+    return len(dispatch.before_cursor_execute) > 1 or len(dispatch.after_cursor_execute) > 1
 
 
 def _read_in_greenlet(sync_engine: Engine, sql: str, args: Sequence[Any]) -> Sequence[Any]:
@@ -230,8 +246,7 @@ async def fetch_on_driver(sync_conn: Connection, sql: str, args: Sequence[Any]) 
 
 def _fetch_in_greenlet(sync_conn: Connection, sql: str, args: Sequence[Any]) -> Sequence[Any]:
     dispatch = sync_conn.dispatch
-    # _instrument's _start and _stop are one listener each; more means someone else listens.
-    if len(dispatch.before_cursor_execute) > 1 or len(dispatch.after_cursor_execute) > 1:
+    if _others_listen(dispatch):
         return _execute_in_autocommit(sync_conn, sql, args)
     pooled = sync_conn.connection
     driver_connection = pooled.driver_connection
@@ -269,8 +284,21 @@ def _raise_as_sqlalchemy_does(
     raise error
 
 
-def _instrument(engine: AsyncEngine, *, slow_query_seconds: float) -> None:
-    """Time every statement: add it to the request's Server-Timing and log the slow ones."""
+def _statement_timer(slow_query_seconds: float) -> Callable[[float, str], None]:
+    """What every statement's time goes to: the request's Server-Timing, and the log when slow."""
+
+    def timed(elapsed: float, statement: str) -> None:
+        timings = current_timings.get()
+        if timings is not None:
+            timings.add_statement(elapsed)
+        if elapsed >= slow_query_seconds:
+            logger.warning("slow query (%.1f ms): %s", elapsed * 1000, statement)
+
+    return timed
+
+
+def _instrument(engine: AsyncEngine, timed: Callable[[float, str], None]) -> None:
+    """Time every statement run through SQLAlchemy (``_statement_timer``)."""
     sync_engine = engine.sync_engine
 
     if sync_engine.dialect.name == "sqlite":
@@ -289,31 +317,64 @@ def _instrument(engine: AsyncEngine, *, slow_query_seconds: float) -> None:
 
     @event.listens_for(sync_engine, "after_cursor_execute")
     def _stop(conn: Connection, _cursor: Any, statement: str, *_: Any) -> None:
-        elapsed = time.perf_counter() - conn.info["query_start"].pop()
-        timings = current_timings.get()
-        if timings is not None:
-            timings.add_statement(elapsed)
-        if elapsed >= slow_query_seconds:
-            logger.warning("slow query (%.1f ms): %s", elapsed * 1000, statement)
+        timed(time.perf_counter() - conn.info["query_start"].pop(), statement)
 
 
-def _watch_availability(engine: AsyncEngine) -> None:
-    """Turn "the database cannot be reached" into DatabaseUnavailable, with one warning when an
-    outage starts and one line when a connection works again, never a traceback per request.
-    The pool needs no help to recover: it reconnects on the next checkout."""
-    sync_engine = engine.sync_engine
-    outage: dict[str, float] = {}  # "since" and "failures" while the database is unreachable
+class _Availability:
+    """Turns "the database cannot be reached" into DatabaseUnavailable, with one warning when an
+    outage starts and one line when a connection works again, never a traceback per request;
+    and a schema without the tables the code uses into SchemaBehind, logged once."""
 
-    def unavailable(exc: BaseException) -> DatabaseUnavailable:
-        if not outage:
-            outage.update(since=time.monotonic(), failures=0)
+    def __init__(self) -> None:
+        self._outage_since: float | None = None
+        self._failures = 0
+        self._schema_behind_logged = False
+
+    def unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        if self._outage_since is None:
+            self._outage_since, self._failures = time.monotonic(), 0
             logger.warning(
                 "database unavailable (%s: %s); answering 503 until it is back",
                 type(exc).__name__,
                 exc,
             )
-        outage["failures"] += 1
+        self._failures += 1
         return DatabaseUnavailable(f"database unavailable: {type(exc).__name__}")
+
+    def schema_behind(self, exc: BaseException) -> SchemaBehind:
+        if not self._schema_behind_logged:  # once per process: every answer says what to run
+            self._schema_behind_logged = True
+            logger.warning(
+                "database schema is behind the service's migrations; answering 503: %s",
+                UPGRADE_ADVICE,
+            )
+        return SchemaBehind(f"database schema is behind: {type(exc).__name__}")
+
+    def connected(self) -> None:
+        if self._outage_since is not None:
+            logger.warning(
+                "database available again after %.1f s (%d requests failed)",
+                time.monotonic() - self._outage_since,
+                self._failures,
+            )
+            self._outage_since = None
+
+    def driver_error(self, exc: Exception, lost: bool) -> Exception | None:
+        """What asyncpg's ``exc`` means to the service (``read_pool``): None when it is an
+        error of the statement itself. ``lost``: the connection was closed under it."""
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        if lost or isinstance(exc, OSError) or sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+            return self.unavailable(exc)
+        if sqlstate in _SCHEMA_BEHIND_SQLSTATES:
+            return self.schema_behind(exc)
+        return None
+
+
+def _watch_availability(engine: AsyncEngine) -> _Availability:
+    """Raise ``_Availability``'s exceptions from SQLAlchemy's connections. The pool needs no
+    help to recover: it reconnects on the next checkout."""
+    sync_engine = engine.sync_engine
+    availability = _Availability()
 
     @event.listens_for(sync_engine, "do_connect")
     def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
@@ -321,19 +382,7 @@ def _watch_availability(engine: AsyncEngine) -> None:
             _check_sqlite_directory(dialect, cargs)
             return dialect.connect(*cargs, **cparams)
         except OSError as exc:  # refused, unreachable, timed out: not a DBAPI error
-            raise unavailable(exc) from exc
-
-    schema_behind_logged = False
-
-    def schema_behind(exc: BaseException) -> SchemaBehind:
-        nonlocal schema_behind_logged
-        if not schema_behind_logged:  # once per process: every answer says what to run
-            schema_behind_logged = True
-            logger.warning(
-                "database schema is behind the service's migrations; answering 503: %s",
-                UPGRADE_ADVICE,
-            )
-        return SchemaBehind(f"database schema is behind: {type(exc).__name__}")
+            raise availability.unavailable(exc) from exc
 
     @event.listens_for(sync_engine, "handle_error")
     def _failed(context: ExceptionContext) -> None:
@@ -350,18 +399,59 @@ def _watch_availability(engine: AsyncEngine) -> None:
             # SQLite: the file cannot be opened (no permission, say; a missing directory is above).
             or getattr(original, "sqlite_errorname", None) == "SQLITE_CANTOPEN"
         ):
-            raise unavailable(original) from original
+            raise availability.unavailable(original) from original
         if sqlstate in _SCHEMA_BEHIND_SQLSTATES or (
             sqlstate == "" and str(original).startswith(_SCHEMA_BEHIND_SQLITE_MESSAGES)
         ):
-            raise schema_behind(original) from original
+            raise availability.schema_behind(original) from original
 
     @event.listens_for(sync_engine, "checkout")
     def _checked_out(*_: Any) -> None:
-        if outage:
-            logger.warning(
-                "database available again after %.1f s (%d requests failed)",
-                time.monotonic() - outage["since"],
-                outage["failures"],
-            )
-            outage.clear()
+        availability.connected()
+
+    return availability
+
+
+# The read pool of each engine that has one (``_add_read_pool``).
+_READ_POOLS: WeakKeyDictionary[Engine, ReadPool] = WeakKeyDictionary()
+
+
+def read_pool_of(engine: AsyncEngine) -> ReadPool | None:
+    return _READ_POOLS.get(engine.sync_engine)
+
+
+def _add_read_pool(
+    engine: AsyncEngine,
+    settings: DatabaseSettings,
+    availability: _Availability,
+    timed: Callable[[float, str], None],
+) -> None:
+    """PostgreSQL's one-statement reads (``read_on_driver``) on asyncpg connections of their
+    own (read_pool.py), up to ``read_pool_size`` beside SQLAlchemy's pool, closed with it."""
+    sync_engine = engine.sync_engine
+    cargs, cparams = sync_engine.dialect.create_connect_args(sync_engine.url)
+    if settings.pooler == "pgbouncer":
+        cparams["statement_cache_size"] = 0  # no named statements (_pgbouncer_connect_args)
+    else:
+        cparams.update(_connect_args(sync_engine.url, settings))
+
+    import asyncpg  # installed with PostgreSQL only
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(*cargs, **cparams)
+
+    pool = ReadPool(
+        connect,
+        size=settings.read_pool_size,
+        timeout_seconds=settings.pool_timeout_seconds,
+        recycle_seconds=settings.pool_recycle_seconds,
+        ping_idle_seconds=settings.pool_pre_ping_idle_seconds if settings.pool_pre_ping else None,
+        translate=availability.driver_error,
+        timed=timed,
+        connected=availability.connected,
+    )
+    _READ_POOLS[sync_engine] = pool
+
+    @event.listens_for(sync_engine, "engine_disposed")
+    def _disposed(_engine: Engine) -> None:
+        pool.close()

@@ -29,6 +29,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..db.engine import read_pool_of
+
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -52,6 +54,16 @@ POOL_OVERFLOW = Gauge(
 POOL_SIZE = Gauge(
     "db_pool_size_connections",
     "Connections the pool keeps open (pool_size).",
+    multiprocess_mode="livesum",
+)
+READ_POOL_CHECKED_OUT = Gauge(
+    "db_read_pool_checked_out_connections",
+    "PostgreSQL read pool connections in use (db/read_pool.py).",
+    multiprocess_mode="livesum",
+)
+READ_POOL_SIZE = Gauge(
+    "db_read_pool_size_connections",
+    "Connections the PostgreSQL read pool may open (read_pool_size).",
     multiprocess_mode="livesum",
 )
 CACHE_LOOKUPS = Counter("cache_lookups_total", "Cache lookups by result.", ("result",))
@@ -107,6 +119,10 @@ def observe_pool(engine: AsyncEngine, pool_size: int) -> None:
     pool = engine.sync_engine.pool
     event.listen(pool, "checkout", lambda *_: update(1))
     event.listen(pool, "checkin", lambda *_: update(-1))
+    read_pool = read_pool_of(engine)
+    if read_pool is not None:
+        READ_POOL_SIZE.set(read_pool.size)
+        read_pool.observers.append(READ_POOL_CHECKED_OUT.inc)
 
 
 def observe_job_run(task: str, outcome: str, seconds: float) -> None:
