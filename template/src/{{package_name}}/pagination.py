@@ -90,15 +90,17 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-async def page_size(
-    request: Request,
-    page_size: Annotated[int | None, Query(ge=1, description="Items per page", **_SIZE)] = None,
-    # page_size's other name (cursor pages called it limit): accepted on every page, documented
-    # as page_size only.
-    limit: Annotated[int | None, Query(ge=1, include_in_schema=False)] = None,
-) -> int:
-    """Items per page, from page_size or limit (the same value when both are given)."""
-    settings = _settings(request)
+# Items per page, on every page route; ``limit`` is its other name (cursor pages called it
+# that): accepted on every page, documented as page_size only.
+PageSizeQuery = Annotated[int | None, Query(ge=1, description="Items per page", **_SIZE)]
+LimitQuery = Annotated[int | None, Query(ge=1, include_in_schema=False)]
+
+
+def page_size_of(settings: Settings, page_size: int | None, limit: int | None) -> int:
+    """Items per page, from page_size or limit (the same value when both are given).
+
+    Called by each page's dependency rather than being one: a nested dependency is one more
+    resolution by FastAPI on every request."""
     if page_size is not None and limit is not None and page_size != limit:
         raise invalid(
             ("query", "limit"), "Value error, limit is another name for page_size: give one of them"
@@ -112,9 +114,6 @@ async def page_size(
     return size
 
 
-PageSizeDep = Annotated[int, Depends(page_size)]
-
-
 class OffsetParams(BaseModel):
     page: int
     page_size: int
@@ -125,11 +124,14 @@ class OffsetParams(BaseModel):
 
 
 async def offset_params(
-    size: PageSizeDep,
+    request: Request,
     # No table holds more rows than there are ids: a larger page is empty, and its offset could
     # overflow the database's integer.
     page: Annotated[int, Query(ge=1, le=MAX_ID, description="1-based page number")] = 1,
+    page_size: PageSizeQuery = None,
+    limit: LimitQuery = None,
 ) -> OffsetParams:
+    size = page_size_of(_settings(request), page_size, limit)
     return OffsetParams(page=page, page_size=size)
 
 
@@ -217,14 +219,17 @@ class KeysetParams(BaseModel):
 
 async def keyset_params(
     request: Request,
-    size: PageSizeDep,
     cursor: Annotated[
         str | None, Query(max_length=512, description="next_cursor of the previous page")
     ] = None,
+    page_size: PageSizeQuery = None,
+    limit: LimitQuery = None,
 ) -> KeysetParams:
+    settings = _settings(request)
+    size = page_size_of(settings, page_size, limit)
     after_id = None
     if cursor is not None:
-        codec = CursorCodec(_settings(request).app.secret_key.get_secret_value().encode())
+        codec = CursorCodec(settings.app.secret_key.get_secret_value().encode())
         try:
             after_id = codec.decode(cursor).get("id")
         except ValueError:
