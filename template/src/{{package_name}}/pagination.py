@@ -3,7 +3,6 @@ keyset pages with an opaque, signed cursor."""
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -189,11 +188,11 @@ class CursorCodec:
         self._secret = secret
 
     def _sign(self, payload: bytes) -> str:
-        digest = hmac.new(self._secret, payload, hashlib.sha256).digest()[:16]
+        digest = hmac.digest(self._secret, payload, "sha256")[:16]  # one call, no HMAC object
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def encode(self, position: dict[str, Any]) -> str:
-        payload = json.dumps(position, separators=(",", ":")).encode()
+        payload = to_json(position)  # compact, as json.dumps(separators=(",", ":")) wrote it
         body = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
         return f"{body}.{self._sign(payload)}"
 

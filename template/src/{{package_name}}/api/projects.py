@@ -6,9 +6,9 @@ only the owner writes (403 on a public project, 404 on a private one; 401 withou
 shared cache holds what an anonymous caller sees; a signed-in caller's pages are cached under
 their user id (http_cache.py).
 
-The two cached reads take their resources with ``resources_of(request)`` instead of a ``*Dep``
-(deps.py): on a cache hit, resolving one more dependency is a measurable part of the request.
-Every other route declares what it needs."""
+The three reads take their resources with ``resources_of(request)`` instead of a ``*Dep``
+(deps.py): on a cache hit, or an uncached page, resolving one more dependency is a measurable
+part of the request. Every other route declares what it needs."""
 
 import logging
 
@@ -81,10 +81,9 @@ async def list_projects(request: Request, params: OffsetDep) -> Response:
     responses=documented(401),
     openapi_extra=OPTIONAL_TOKEN,
 )
-async def list_projects_by_cursor(
-    request: Request, resources: ResourcesDep, params: KeysetDep
-) -> Response:
+async def list_projects_by_cursor(request: Request, params: KeysetDep) -> Response:
     viewer = caller_of(request)
+    resources = resources_of(request)
     async with queries.open_db(resources.engine) as db:
         page = await queries.projects_after_json(
             db, params.after_id, limit=params.limit, viewer=viewer

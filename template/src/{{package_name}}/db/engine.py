@@ -21,6 +21,7 @@ from sqlalchemy.util import await_only, greenlet_spawn
 
 from ..observability.timing import current_timings
 from ..settings import UPGRADE_ADVICE, DatabaseSettings
+from .inline_reads import InlineReads
 from .read_pool import ReadPool
 
 logger = logging.getLogger(__name__)
@@ -96,8 +97,11 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     timed = _statement_timer(settings.slow_query_ms / 1000)
     _instrument(engine, timed)
     availability = _watch_availability(engine)
-    if not sqlite and settings.read_pool_size and not settings.echo:
-        _add_read_pool(engine, settings, availability, timed)
+    if settings.read_pool_size and not settings.echo:
+        if sqlite:
+            _add_inline_reads(engine, timed)
+        else:
+            _add_read_pool(engine, settings, availability, timed)
     return engine
 
 
@@ -198,12 +202,13 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 async def read_on_driver(engine: AsyncEngine, sql: str, args: Sequence[Any]) -> Sequence[Any]:
     """Run one read statement (``sql`` in the driver's own paramstyle) on the driver itself
-    (asyncpg, aiosqlite), in autocommit.
+    (asyncpg, sqlite3), in autocommit.
 
-    PostgreSQL: on the engine's read pool (read_pool.py), when it has one and nothing but the
-    service listens to statements. Otherwise on a connection of SQLAlchemy's pool, checked out
-    and in by SQLAlchemy's own ``Connection`` (``fetch_on_driver``), so the pool's events (the
-    pool metrics, the ping after idle) and its error handling (an outage is
+    When nothing but the service listens to statements: PostgreSQL reads on the engine's read
+    pool (read_pool.py); SQLite reads on the event loop's thread (inline_reads.py), unless the
+    read runs over its budget or fails there. Otherwise on a connection of SQLAlchemy's pool,
+    checked out and in by SQLAlchemy's own ``Connection`` (``fetch_on_driver``), so the pool's
+    events (the pool metrics, the ping after idle) and its error handling (an outage is
     DatabaseUnavailable) hold as on every connection; but without the ``AsyncConnection``
     around it and without an isolation level to set and reset: nothing ever begins a
     transaction on it. Checkout, statement and checkin run in one greenlet. On SQLite the read
@@ -211,9 +216,15 @@ async def read_on_driver(engine: AsyncEngine, sql: str, args: Sequence[Any]) -> 
     fetch, close, and the pool's rollback). Nothing in the checkin awaits, so it completes even
     when the request is cancelled."""
     sync_engine = engine.sync_engine
-    pool = _READ_POOLS.get(sync_engine)
-    if pool is not None and not _others_listen(sync_engine.dispatch):
-        return await pool.fetch(sql, args)
+    if not _others_listen(sync_engine.dispatch):
+        pool = _READ_POOLS.get(sync_engine)
+        if pool is not None:
+            return await pool.fetch(sql, args)
+        inline = _INLINE_READS.get(sync_engine)
+        if inline is not None:
+            rows = inline.fetch(sql, args)
+            if rows is not None:
+                return rows
     return await greenlet_spawn(_read_in_greenlet, sync_engine, sql, args)
 
 
@@ -412,8 +423,13 @@ def _watch_availability(engine: AsyncEngine) -> _Availability:
     return availability
 
 
-# The read pool of each engine that has one (``_add_read_pool``).
+# The read pool of each engine that has one (``_add_read_pool``), and SQLite's inline reads
+# (``_add_inline_reads``).
 _READ_POOLS: WeakKeyDictionary[Engine, ReadPool] = WeakKeyDictionary()
+_INLINE_READS: WeakKeyDictionary[Engine, InlineReads] = WeakKeyDictionary()
+# How long a SQLite read may hold up the event loop before it goes to aiosqlite's thread: ~20
+# uncached pages of 50.
+INLINE_READ_BUDGET_SECONDS = 0.002
 
 
 def read_pool_of(engine: AsyncEngine) -> ReadPool | None:
@@ -455,3 +471,25 @@ def _add_read_pool(
     @event.listens_for(sync_engine, "engine_disposed")
     def _disposed(_engine: Engine) -> None:
         pool.close()
+
+
+def inline_reads_of(engine: AsyncEngine) -> InlineReads | None:
+    return _INLINE_READS.get(engine.sync_engine)
+
+
+def _add_inline_reads(engine: AsyncEngine, timed: Callable[[float, str], None]) -> None:
+    """SQLite's one-statement reads (``read_on_driver``) on the event loop's thread, on a
+    connection of their own (inline_reads.py), closed with the engine."""
+    sync_engine = engine.sync_engine
+    cargs, cparams = sync_engine.dialect.create_connect_args(sync_engine.url)
+    inline = InlineReads(
+        str(cargs[0]),
+        uri=bool(cparams.get("uri", False)),
+        budget_seconds=INLINE_READ_BUDGET_SECONDS,
+        timed=timed,
+    )
+    _INLINE_READS[sync_engine] = inline
+
+    @event.listens_for(sync_engine, "engine_disposed")
+    def _disposed(_engine: Engine) -> None:
+        inline.close()

@@ -228,10 +228,11 @@ class JsonRows:
         (``keyset_statement``)."""
         size = params["limit"] - 1
         if engine.dialect.name != "postgresql":
-            rows = await self.read(engine, **params)
+            compiled, args = self._driver_args(engine.dialect, params)
+            rows = await read_on_driver(engine, compiled.sql, args)
             page = rows[:size]
-            last_key = page[-1].keys[0] if page else None
-            return KeysetRows(json_array(page), last_key, len(rows) > size)
+            last_key = _json_rows(compiled, page[-1:])[0].keys[0] if page else None
+            return KeysetRows(_array_of_rows(page), last_key, len(rows) > size)
         compiled, args = self._driver_args(engine.dialect, params, kind="keyset")
         ((array, last_key, more),) = await read_on_driver(engine, compiled.sql, args)
         return KeysetRows(array.encode(), last_key, more)
@@ -240,7 +241,8 @@ class JsonRows:
         """``json_array`` of ``read``'s rows (an ``over`` statement's); on PostgreSQL, written
         by the database (``array_statement``)."""
         if engine.dialect.name != "postgresql":
-            return json_array(await self.read(engine, **params))
+            compiled, args = self._driver_args(engine.dialect, params)
+            return _array_of_rows(await read_on_driver(engine, compiled.sql, args))
         compiled, args = self._driver_args(engine.dialect, params, kind="array")
         rows = await read_on_driver(engine, compiled.sql, args)
         array: str = rows[0][0]
@@ -317,6 +319,12 @@ def _json_rows(compiled: _Compiled, rows: Iterable[Sequence[Any]]) -> list[JsonR
         )
         for json, *keys in rows
     ]
+
+
+def _array_of_rows(rows: Sequence[Sequence[Any]]) -> bytes:
+    """``json_array`` of the driver's rows of (json, *keys): one join and one encode, where
+    ``JsonRow`` per row cost ~20 us a page of 50."""
+    return ("[" + ",".join([row[0] for row in rows]) + "]").encode()
 
 
 def json_array(rows: list[JsonRow]) -> bytes:
