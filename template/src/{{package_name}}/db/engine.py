@@ -71,9 +71,15 @@ def _connect_args(url: URL, settings: DatabaseSettings) -> dict[str, Any]:
                 "use a SQLite file (sqlite:///path.db): an in-memory DB is per connection"
             )
         return {"timeout": settings.pool_timeout_seconds}
+    driver = _asyncpg_connect_args(settings)
     if settings.pooler == "pgbouncer":
-        return _pgbouncer_connect_args()
-    return {"server_settings": {"statement_timeout": str(settings.statement_timeout_ms)}}
+        # SQLAlchemy's adapter's own: no statement cache of its own, asyncpg's unnamed statement.
+        return {
+            **driver,
+            "prepared_statement_cache_size": 0,
+            "prepared_statement_name_func": _unnamed_statement,
+        }
+    return driver
 
 
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:
@@ -173,19 +179,20 @@ def _ping_idle_connections(engine: AsyncEngine, *, idle_seconds: float) -> None:
             raise InvalidatePoolError(f"pre-ping failed: {type(exc).__name__}") from exc
 
 
-def _pgbouncer_connect_args() -> dict[str, Any]:
-    """PgBouncer in transaction mode gives each transaction whichever server connection is free,
+def _asyncpg_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
+    """What ``asyncpg.connect`` takes: SQLAlchemy's connections add their adapter's part
+    (``_connect_args``), the read pool connects with this alone.
+
+    PgBouncer in transaction mode gives each transaction whichever server connection is free,
     and PgBouncer 1.18 forwards no prepared statement: one prepared (and cached) on one server
     connection is unknown on the next, or a name is already taken there by another client.
     So asyncpg caches none, SQLAlchemy caches none, and each statement is asyncpg's unnamed one,
     parsed again with every execution in the same round trip, so none outlives its use.
     PgBouncer 1.18 also refuses a statement_timeout startup parameter: set it on the role
     (README.md, "Scaling out")."""
-    return {
-        "statement_cache_size": 0,
-        "prepared_statement_cache_size": 0,
-        "prepared_statement_name_func": _unnamed_statement,
-    }
+    if settings.pooler == "pgbouncer":
+        return {"statement_cache_size": 0}
+    return {"server_settings": {"statement_timeout": str(settings.statement_timeout_ms)}}
 
 
 def _unnamed_statement() -> str:
@@ -370,13 +377,23 @@ class _Availability:
             )
             self._outage_since = None
 
-    def driver_error(self, exc: Exception, lost: bool) -> Exception | None:
-        """What asyncpg's ``exc`` means to the service (``read_pool``): None when it is an
-        error of the statement itself. ``lost``: the connection was closed under it."""
+    def translate(self, exc: Exception, lost: bool) -> Exception | None:
+        """What the driver's ``exc`` means to the service: DatabaseUnavailable, SchemaBehind,
+        or None for an error of the statement itself. ``lost``: the connection was closed under
+        it. For SQLAlchemy's connections (``_watch_availability``) and the read pool alike."""
         sqlstate = getattr(exc, "sqlstate", None) or ""
-        if lost or isinstance(exc, OSError) or sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+        if (
+            lost
+            or isinstance(exc, OSError)  # refused, unreachable, timed out
+            or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+            # SQLite: the file cannot be opened (no permission, say; a missing directory is
+            # _check_sqlite_directory's).
+            or getattr(exc, "sqlite_errorname", None) == "SQLITE_CANTOPEN"
+        ):
             return self.unavailable(exc)
-        if sqlstate in _SCHEMA_BEHIND_SQLSTATES:
+        if sqlstate in _SCHEMA_BEHIND_SQLSTATES or (
+            not sqlstate and str(exc).startswith(_SCHEMA_BEHIND_SQLITE_MESSAGES)
+        ):
             return self.schema_behind(exc)
         return None
 
@@ -403,18 +420,9 @@ def _watch_availability(engine: AsyncEngine) -> _Availability:
             # disconnect and drops the connection, rightly, but the database is fine, and the
             # caller must get its cancellation back.
             return
-        sqlstate = getattr(original, "sqlstate", None) or ""
-        if (
-            context.is_disconnect
-            or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
-            # SQLite: the file cannot be opened (no permission, say; a missing directory is above).
-            or getattr(original, "sqlite_errorname", None) == "SQLITE_CANTOPEN"
-        ):
-            raise availability.unavailable(original) from original
-        if sqlstate in _SCHEMA_BEHIND_SQLSTATES or (
-            sqlstate == "" and str(original).startswith(_SCHEMA_BEHIND_SQLITE_MESSAGES)
-        ):
-            raise availability.schema_behind(original) from original
+        translated = availability.translate(original, context.is_disconnect)
+        if translated is not None:
+            raise translated from original
 
     @event.listens_for(sync_engine, "checkout")
     def _checked_out(*_: Any) -> None:
@@ -446,10 +454,7 @@ def _add_read_pool(
     own (read_pool.py), up to ``read_pool_size`` beside SQLAlchemy's pool, closed with it."""
     sync_engine = engine.sync_engine
     cargs, cparams = sync_engine.dialect.create_connect_args(sync_engine.url)
-    if settings.pooler == "pgbouncer":
-        cparams["statement_cache_size"] = 0  # no named statements (_pgbouncer_connect_args)
-    else:
-        cparams.update(_connect_args(sync_engine.url, settings))
+    cparams.update(_asyncpg_connect_args(settings))
 
     import asyncpg  # installed with PostgreSQL only
 
@@ -462,7 +467,7 @@ def _add_read_pool(
         timeout_seconds=settings.pool_timeout_seconds,
         recycle_seconds=settings.pool_recycle_seconds,
         ping_idle_seconds=settings.pool_pre_ping_idle_seconds if settings.pool_pre_ping else None,
-        translate=availability.driver_error,
+        translate=availability.translate,
         timed=timed,
         connected=availability.connected,
     )
