@@ -77,6 +77,10 @@ class InlineReads:
         self._timed(time.perf_counter() - start, sql)
         return rows
 
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None
+
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
