@@ -296,21 +296,30 @@ def _export_lines(bench: Bench, url: str) -> tuple[int, int, str]:
     return rows, size, "read by httpx (curl is not on PATH)"
 
 
+# Export and baseline rounds, interleaved (A B A B ...), the best of each counts: one 1M-row
+# round takes under 2 s, and which core the scheduler gives PostgreSQL's backend moves it by 10%.
+EXPORT_ROUNDS = 3
+
+
 def export(bench: Bench) -> list[Figure]:
     server = bench.servers["full"]
     sampler = _RssSampler(server.process.pid)
     sampler.start()
-    started = time.perf_counter()
+    export_rps = baseline_rps = 0.0
+    rounds = min(bench.config.rounds, EXPORT_ROUNDS)
     try:
-        rows, size, reader = _export_lines(bench, server.url("/api/v1/items/export"))
+        for _ in range(rounds):
+            started = time.perf_counter()
+            rows, size, reader = _export_lines(bench, server.url("/api/v1/items/export"))
+            export_rps = max(export_rps, rows / (time.perf_counter() - started))
+            if rows != bench.config.items:
+                raise RuntimeError(f"export sent {rows} rows, expected {bench.config.items}")
+            round_rps, baseline = _copy_rows_per_second(bench)
+            baseline_rps = max(baseline_rps, round_rps)
     finally:
         sampler.running = False
         sampler.join()
-    export_rps = rows / (time.perf_counter() - started)
     megabytes = f"{size / MB:,.0f} MB"
-    if rows != bench.config.items:
-        raise RuntimeError(f"export sent {rows} rows, expected {bench.config.items}")
-    baseline_rps, baseline = _copy_rows_per_second(bench)
     growth = (sampler.peak - sampler.baseline) / MB
     bench.raw["export"] = {
         "rows": rows,
@@ -332,7 +341,10 @@ def export(bench: Bench) -> list[Figure]:
             target_op=">=" if postgres else None,
             target=0.8 if postgres else None,
             note="n/a (target is for PostgreSQL COPY)",
-            detail=f"{export_rps:,.0f} vs {baseline_rps:,.0f} rows/s, {megabytes}, {reader}",
+            detail=(
+                f"{export_rps:,.0f} vs {baseline_rps:,.0f} rows/s, {megabytes}, {reader},"
+                f" best of {rounds} rounds"
+            ),
         ),
         Figure(
             4,
