@@ -228,31 +228,35 @@ class JsonRows:
         (``keyset_statement``)."""
         size = params["limit"] - 1
         if engine.dialect.name != "postgresql":
-            compiled, args = self._driver_args(engine.dialect, params)
-            rows = await read_on_driver(engine, compiled.sql, args)
+            compiled, rows = await self._read_on_driver(engine, params)
             page = rows[:size]
-            last_key = _json_rows(compiled, page[-1:])[0].keys[0] if page else None
+            last_key = _first_key(compiled, page[-1]) if page else None
             return KeysetRows(_array_of_rows(page), last_key, len(rows) > size)
-        compiled, args = self._driver_args(engine.dialect, params, kind="keyset")
-        ((array, last_key, more),) = await read_on_driver(engine, compiled.sql, args)
+        _, rows = await self._read_on_driver(engine, params, kind="keyset")
+        ((array, last_key, more),) = rows
         return KeysetRows(array.encode(), last_key, more)
 
     async def read_array(self, engine: AsyncEngine, **params: Any) -> bytes:
         """``json_array`` of ``read``'s rows (an ``over`` statement's); on PostgreSQL, written
         by the database (``array_statement``)."""
         if engine.dialect.name != "postgresql":
-            compiled, args = self._driver_args(engine.dialect, params)
-            return _array_of_rows(await read_on_driver(engine, compiled.sql, args))
-        compiled, args = self._driver_args(engine.dialect, params, kind="array")
-        rows = await read_on_driver(engine, compiled.sql, args)
+            _, rows = await self._read_on_driver(engine, params)
+            return _array_of_rows(rows)
+        _, rows = await self._read_on_driver(engine, params, kind="array")
         array: str = rows[0][0]
         return array.encode()
 
     async def read(self, engine: AsyncEngine, **params: Any) -> list[JsonRow]:
         """``fetch`` on a connection of its own, checked out for the driver alone
         (``engine.read_on_driver``), with no ``AsyncConnection`` around it."""
-        compiled, args = self._driver_args(engine.dialect, params)
-        return _json_rows(compiled, await read_on_driver(engine, compiled.sql, args))
+        compiled, rows = await self._read_on_driver(engine, params)
+        return _json_rows(compiled, rows)
+
+    async def _read_on_driver(
+        self, engine: AsyncEngine, params: dict[str, Any], *, kind: str = "rows"
+    ) -> tuple[_Compiled, Sequence[Any]]:
+        compiled, args = self._driver_args(engine.dialect, params, kind=kind)
+        return compiled, await read_on_driver(engine, compiled.sql, args)
 
     async def fetch(self, conn: AsyncConnection, **params: Any) -> list[JsonRow]:
         compiled, args = self._driver_args(conn.dialect, params)
@@ -319,6 +323,12 @@ def _json_rows(compiled: _Compiled, rows: Iterable[Sequence[Any]]) -> list[JsonR
         )
         for json, *keys in rows
     ]
+
+
+def _first_key(compiled: _Compiled, row: Sequence[Any]) -> Any:
+    """The first key column of a driver's row of (json, *keys), converted as SQLAlchemy would."""
+    to = compiled.key_processors[0]
+    return row[1] if to is None else to(row[1])
 
 
 def _array_of_rows(rows: Sequence[Sequence[Any]]) -> bytes:
