@@ -44,6 +44,7 @@ class InlineReads:
         self._deadline = 0.0
         self.served = 0  # reads answered here
         self.handed_off = 0  # reads left to aiosqlite: over budget, locked out or failed
+        self.observers: list[Callable[[], None]] = []  # called at each hand-off
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(
@@ -72,6 +73,8 @@ class InlineReads:
             rows = self._connection.execute(sql, args).fetchall()
         except sqlite3.Error:
             self.handed_off += 1
+            for observer in self.observers:
+                observer()
             return None
         self.served += 1
         self._timed(time.perf_counter() - start, sql)

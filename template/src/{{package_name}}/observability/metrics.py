@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..db.engine import read_pool_of
+from ..db.engine import inline_reads_of, read_pool_of
 
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -65,6 +65,13 @@ READ_POOL_SIZE = Gauge(
     "db_read_pool_size_connections",
     "Connections the PostgreSQL read pool may open (read_pool_size).",
     multiprocess_mode="livesum",
+)
+# A rising rate is a slow-read signal below the slow-statement log: reads that outgrew their
+# budget on the event loop's thread, or met a writer's lock.
+INLINE_READS_HANDED_OFF = Counter(
+    "db_inline_reads_handed_off_total",
+    "SQLite reads handed from the event loop's thread to aiosqlite (db/inline_reads.py): over"
+    " their budget, locked out or failed.",
 )
 CACHE_LOOKUPS = Counter("cache_lookups_total", "Cache lookups by result.", ("result",))
 _CACHE_HIT = CACHE_LOOKUPS.labels("hit")
@@ -123,6 +130,9 @@ def observe_pool(engine: AsyncEngine, pool_size: int) -> None:
     if read_pool is not None:
         READ_POOL_SIZE.set(read_pool.size)
         read_pool.observers.append(READ_POOL_CHECKED_OUT.inc)
+    inline_reads = inline_reads_of(engine)
+    if inline_reads is not None:
+        inline_reads.observers.append(INLINE_READS_HANDED_OFF.inc)
 
 
 def observe_job_run(task: str, outcome: str, seconds: float) -> None:
