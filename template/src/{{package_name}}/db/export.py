@@ -211,10 +211,16 @@ async def _copy_out(
         # unshielded cleanup: the connection, half invalidated, stayed checked out.
         with anyio.CancelScope(shield=True):
             if not task.done():
-                # The client went away: cancelling makes asyncpg cancel the COPY on the server.
+                # The client went away. The connection is closed first, at once: asyncpg (0.32)
+                # takes rows that arrive after it cancelled a COPY for the cancel's answer, and
+                # the next ones break its protocol ("Fatal error: protocol.data_received() call
+                # failed"). Closed, it reads nothing more, and PostgreSQL ends the COPY at its
+                # next send. The task then ends wherever it waits (a full queue, say).
+                raw.terminate()
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved: the connection's loss is this cut's, not news
             if finished:
                 await raw.execute("RESET statement_timeout")
             else:
