@@ -2,7 +2,7 @@
 
 On PostgreSQL the database writes the rows (``COPY (...) TO STDOUT``, each NDJSON line put
 together from its columns' JSON texts) and the driver's COPY chunks are relayed as they come,
-through a small queue: memory stays flat, and closing the generator cancels the COPY on the
+through a small queue: memory stays flat, and closing the generator ends the COPY on the
 server. Elsewhere the rows come from a server-side cursor, ``batch_size`` at a time, encoded
 here the same way.
 
@@ -59,6 +59,10 @@ _QUEUE_CHUNKS = 16
 # (the socket holds more than PostgreSQL sends in that time).
 _GATHER_BELOW_BYTES = 32 * 1024
 _GATHER_SECONDS = 0.001
+# No statement timeout, and a look at the client's socket every second (PostgreSQL 14+).
+_COPY_SETTINGS = (
+    "BEGIN; SET LOCAL statement_timeout = 0; SET LOCAL client_connection_check_interval = 1000"
+)
 
 
 def csv_header(query: Select[Any]) -> bytes:
@@ -188,8 +192,11 @@ async def _copy_out(
         await chunks.put(None)  # the end; not sent when cancelled: nobody is reading then
 
     # A slow client holds the COPY back (the queue is bounded): the export must not be cut at
-    # statement_timeout. Reset when it ends; a COPY cut short takes its connection with it.
-    await raw.execute("SET statement_timeout = 0")
+    # statement_timeout. A cut export's connection is closed, not cancelled (below), so the
+    # server checks its client's socket while the query runs: one that sends nothing for a
+    # while ends too. Both for this transaction only, which is also what keeps them on the
+    # COPY's server connection behind PgBouncer's transaction pooling.
+    await raw.execute(_COPY_SETTINGS)
     # COPY on the driver fires no statement event: counted here, for its time up to its first
     # rows (as a cursor's execute is), not the client's pace after that.
     timings = current_timings.get()
@@ -222,7 +229,7 @@ async def _copy_out(
             if not task.cancelled():
                 task.exception()  # retrieved: the connection's loss is this cut's, not news
             if finished:
-                await raw.execute("RESET statement_timeout")
+                await raw.execute("COMMIT")
             else:
                 await conn.invalidate()
 
