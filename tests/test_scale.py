@@ -432,6 +432,17 @@ def write_through_one_read_through_the_others(scale: ScaleOut) -> None:
         assert (status, json.loads(body)) == (200, created), url
 
 
+def export_through_each_replica(scale: ScaleOut) -> None:
+    """An export through each replica under load: its COPY and that COPY's settings share one
+    transaction, so PgBouncer's transaction pooling keeps them on one server connection."""
+    exports = [get(f"{url}/api/v1/items/export", timeout=30) for url in scale.replica_urls]
+    assert {status for status, _ in exports} == {200}
+    assert len({body for _, body in exports}) == 1
+    ids = [json.loads(line)["id"] for line in exports[0][1].splitlines()]
+    assert ids
+    assert ids == sorted(set(ids))  # every row once, in order
+
+
 def rolling_restart(scale: ScaleOut) -> tuple[dict, list[float], int]:
     """SIGTERM each replica in turn and start it again, under load until the last is back: the
     load's figures, each replica's seconds from SIGTERM to exit, and how many requests nginx
@@ -482,7 +493,9 @@ def test_replicas_behind_nginx_and_pgbouncer_survive_load_and_a_rolling_restart(
     scale = ScaleOut(project, run_dir)
     try:
         start_topology(scale)
-        steady = load_figures(scale.load(STEADY_SECONDS))
+        steady_load = scale.load(STEADY_SECONDS)
+        export_through_each_replica(scale)
+        steady = load_figures(steady_load)
         write_through_one_read_through_the_others(scale)
         restart, stops, retried = rolling_restart(scale)
     finally:
