@@ -196,7 +196,13 @@ async def _copy_out(
     # server checks its client's socket while the query runs: one that sends nothing for a
     # while ends too. Both for this transaction only, which is also what keeps them on the
     # COPY's server connection behind PgBouncer's transaction pooling.
-    await raw.execute(_COPY_SETTINGS)
+    try:
+        await raw.execute(_COPY_SETTINGS)
+    except BaseException:
+        # Not back to the pool inside the transaction: SQLAlchemy ends only the ones it began.
+        with anyio.CancelScope(shield=True):
+            await conn.invalidate()
+        raise
     # COPY on the driver fires no statement event: counted here, for its time up to its first
     # rows (as a cursor's execute is), not the client's pace after that.
     timings = current_timings.get()
