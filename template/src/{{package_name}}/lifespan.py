@@ -87,7 +87,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
             async with asyncio.timeout(UNWIND_SECONDS):
                 await in_flight.idle()
         except TimeoutError:
-            logger.warning("closing the pools with %d requests still in flight", in_flight.count)
+            stuck = in_flight.stuck()
+            logger.warning(
+                "closing the pools with %d requests still in flight: %s",
+                len(stuck),
+                "; ".join(stuck),
+            )
         await stop_broker(broker, UNWIND_SECONDS)
         stop_observing()
         await http.aclose()

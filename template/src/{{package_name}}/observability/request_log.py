@@ -12,6 +12,8 @@ import random
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from starlette.requests import ClientDisconnect
@@ -31,6 +33,8 @@ access_logger = logging.getLogger(f"{__name__.partition('.')[0]}.access")
 # An unmatched request's path is logged as sent, cut to this many characters: enough to see what
 # a client asked for, bounded whatever it sent.
 LOGGED_PATH_CHARS = 200
+# How many of its innermost calls a request that outlasted the shutdown's wait is logged with.
+STUCK_CALLS = 6
 # FastAPI's own pages, plain Starlette routes that leave no route in the scope.
 DOCS_URL_ATTRIBUTES = ("openapi_url", "docs_url", "redoc_url", "swagger_ui_oauth2_redirect_url")
 
@@ -102,24 +106,54 @@ class InFlight:
     running at shutdown have been cancelled (the graceful timeout ran out) and are unwinding, an
     export handing back its connection, the access line being written. uvicorn closes the
     lifespan without waiting for them, and a worker process (``--workers``) ends right after
-    it: its cut requests were never logged."""
+    it: its cut requests were never logged. One that outlasts the wait is a bug: ``stuck``
+    says where each waits."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self._requests: dict[asyncio.Task[Any] | None, tuple[Scope, str]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def enter(self) -> None:
-        self.count += 1
+    @property
+    def count(self) -> int:
+        return len(self._requests)
+
+    def enter(self, scope: Scope, request_id: str) -> None:
+        self._requests[asyncio.current_task()] = (scope, request_id)
         self._idle.clear()
 
     def leave(self) -> None:
-        self.count -= 1
-        if not self.count:
+        del self._requests[asyncio.current_task()]
+        if not self._requests:
             self._idle.set()
 
     async def idle(self) -> None:
         await self._idle.wait()
+
+    def stuck(self) -> list[str]:
+        """Each request in flight, and the innermost calls it waits in (newest first)."""
+        described = []
+        for task, (scope, request_id) in self._requests.items():
+            calls = " < ".join(reversed(_awaits(task)[-STUCK_CALLS:])) if task else "?"
+            route = route_template(scope)
+            if route == "unmatched":
+                route = unmatched_path(scope)
+            described.append(f"{scope['method']} {route} {request_id} waiting in {calls}")
+        return described
+
+
+def _awaits(task: asyncio.Task[Any]) -> list[str]:
+    """The coroutines ``task`` is suspended in, outermost first, down to the first await that
+    is not a coroutine's (a future, an async generator's step). ``Task.get_stack`` gives only
+    the outermost one before Python 3.12."""
+    calls = []
+    awaited: Any = task.get_coro()
+    while (frame := getattr(awaited, "cr_frame", None)) is not None:
+        code = frame.f_code
+        where = "/".join(Path(code.co_filename).parts[-2:])  # package/module.py
+        calls.append(f"{code.co_name} ({where}:{frame.f_lineno})")
+        awaited = awaited.cr_await
+    return calls
 
 
 class AccessLogMiddleware:
@@ -156,7 +190,7 @@ class AccessLogMiddleware:
             return
         request_id = incoming_request_id(scope) or new_request_id()
         token = current_request_id.set(request_id)
-        self.in_flight.enter()
+        self.in_flight.enter(scope, request_id)
         start = time.perf_counter()
         status = 500
         started = False
