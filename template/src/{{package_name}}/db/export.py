@@ -181,11 +181,16 @@ async def _copy_out(
         if len(data) < _GATHER_BELOW_BYTES:
             await asyncio.sleep(_GATHER_SECONDS)
 
+    cut = False  # the client went away: nobody reads the queue any more
+
     async def copy() -> None:
         try:
             await raw.copy_from_query(statement, output=relay, **options)
         except Exception:
-            await chunks.put(None)  # wake the reader, which re-raises this from the task
+            # Not after a cut: asyncpg (0.32) raises the cancellation of a COPY on a terminated
+            # connection as an AttributeError, and a put into the full queue would wait for ever.
+            if not cut:
+                await chunks.put(None)  # wake the reader, which re-raises this from the task
             raise
         if pending:
             await chunks.put(bytes(pending))
@@ -229,6 +234,7 @@ async def _copy_out(
                 # the next ones break its protocol ("Fatal error: protocol.data_received() call
                 # failed"). Closed, it reads nothing more, and PostgreSQL ends the COPY at its
                 # next send. The task then ends wherever it waits (a full queue, say).
+                cut = True
                 raw.terminate()
                 task.cancel()
                 await asyncio.wait([task])
