@@ -188,7 +188,8 @@ async def _copy_out(
             await raw.copy_from_query(statement, output=relay, **options)
         except Exception:
             # Not after a cut: asyncpg (0.32) raises the cancellation of a COPY on a terminated
-            # connection as an AttributeError, and a put into the full queue would wait for ever.
+            # connection as an AttributeError (its issue 726), and a put into the full queue
+            # would wait for ever.
             if not cut:
                 await chunks.put(None)  # wake the reader, which re-raises this from the task
             raise
