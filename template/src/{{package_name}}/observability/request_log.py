@@ -123,7 +123,7 @@ class InFlight:
         self._idle.clear()
 
     def leave(self) -> None:
-        del self._requests[asyncio.current_task()]
+        self._requests.pop(asyncio.current_task(), None)
         if not self._requests:
             self._idle.set()
 
@@ -145,7 +145,7 @@ class InFlight:
 def _awaits(task: asyncio.Task[Any]) -> list[str]:
     """The coroutines ``task`` is suspended in, outermost first, down to the first await that
     is not a coroutine's (a future, an async generator's step). ``Task.get_stack`` gives only
-    the outermost one before Python 3.12."""
+    the outermost one (Python 3.11), not what it awaits."""
     calls = []
     awaited: Any = task.get_coro()
     while (frame := getattr(awaited, "cr_frame", None)) is not None:
