@@ -136,8 +136,8 @@ class InFlight:
         for task, (scope, request_id) in self._requests.items():
             calls = " < ".join(reversed(_awaits(task)[-STUCK_CALLS:])) if task else "?"
             route = route_template(scope)
-            if route == "unmatched":
-                route = unmatched_path(scope)
+            if route == "unmatched":  # as the access line shows it
+                route = f"unmatched {unmatched_path(scope)}"
             described.append(f"{scope['method']} {route} {request_id} waiting in {calls}")
         return described
 
